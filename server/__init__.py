@@ -1,0 +1,1 @@
+"""fedguard server package."""
