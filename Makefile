@@ -1,0 +1,37 @@
+# fedguard: the two commands are `make demo` and `make test`; both set everything up.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fedguard-installed
+export FLWR_HOME := $(CURDIR)/.flwr-home
+
+.PHONY: demo test test-fast lint ui bench clean install
+
+install: $(STAMP)
+
+# torch goes first, pinned to the CPU build on disk; a range in the project then installs nothing more.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python scripts/simulate.py --nodes 10 --rounds 10 --dataset digits --partition dirichlet
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not integration and not browser"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+ui: $(STAMP)
+	$(BIN)/streamlit run assistant/app.py --server.address 127.0.0.1 --server.headless true
+
+clean:
+	rm -rf .fedguard .flwr-home .pytest_cache .ruff_cache
