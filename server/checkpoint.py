@@ -1,0 +1,64 @@
+"""Atomic model checkpoints: a crash leaves either the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checkpoint_path(run_dir: Path, round_: int) -> Path:
+    return run_dir / f"round-{round_:04d}.pt"
+
+
+def save_checkpoint(path: Path, state: dict[str, torch.Tensor], round_: int) -> str:
+    """Write `{round, state}` via temp file + fsync + rename; return the file's SHA-256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save({"round": round_, "state_dict": state}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return sha256_file(path)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing or does not match the hash the run store recorded."""
+
+
+def load_checkpoint(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Load a checkpoint's state dict, refusing one whose bytes differ from the recorded hash."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is missing; the run cannot resume from it")
+    if expected_sha256 and sha256_file(path) != expected_sha256:
+        raise CheckpointError(
+            f"checkpoint {path} does not match its recorded SHA-256; it was modified or corrupted"
+        )
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return blob["state_dict"]
+
+
+def state_to_numpy(state: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    return [t.detach().cpu().numpy() for t in state.values()]

@@ -1,0 +1,47 @@
+"""Server-side run settings, read and validated once from the Flower run config."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from clients.task import ConfigError, TaskConfig, _get
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What the coordinator chose for this run (keys mirror `[tool.flwr.app.config]`)."""
+
+    num_rounds: int
+    fraction_train: float
+    fraction_evaluate: float
+    min_nodes: int
+    data_dir: str
+    resume: str
+    task: TaskConfig
+
+    @classmethod
+    def from_run_config(cls, cfg: Mapping[str, Any]) -> ServerConfig:
+        sc = cls(
+            num_rounds=_get(cfg, "num-server-rounds", int, 10),
+            fraction_train=_get(cfg, "fraction-train", float, 1.0),
+            fraction_evaluate=_get(cfg, "fraction-evaluate", float, 0.5),
+            min_nodes=_get(cfg, "min-nodes", int, 2),
+            data_dir=_get(cfg, "data-dir", str, ""),
+            resume=_get(cfg, "resume", str, ""),
+            task=TaskConfig.from_run_config(cfg),
+        )
+        if sc.num_rounds < 1:
+            raise ConfigError(f"run config num-server-rounds={sc.num_rounds}: must be >= 1")
+        for key, val in (
+            ("fraction-train", sc.fraction_train),
+            ("fraction-evaluate", sc.fraction_evaluate),
+        ):
+            if not 0.0 <= val <= 1.0:
+                raise ConfigError(f"run config {key}={val}: must be in [0, 1], e.g. 0.5")
+        if sc.fraction_train == 0.0:
+            raise ConfigError("run config fraction-train=0.0: no node would train; use e.g. 1.0")
+        if sc.min_nodes < 1:
+            raise ConfigError(f"run config min-nodes={sc.min_nodes}: must be >= 1")
+        return sc
