@@ -132,14 +132,15 @@ def load_node_data(task: TaskConfig, node_config: Mapping[str, Any]) -> Split:
     """
     data_path = node_config.get("data-path")
     if data_path:
-        return load_node_file(str(data_path), task.spec, str(node_config.get("label-column", "label")))
+        label = str(node_config.get("label-column", "label"))
+        return load_node_file(str(data_path), task.spec, label)
     try:
         pid = int(node_config["partition-id"])
         nparts = int(node_config["num-partitions"])
     except (KeyError, TypeError, ValueError):
         raise DataError(
-            "node config has neither data-path nor partition-id/num-partitions; start the node with "
-            "--data-path FILE"
+            "node config has neither data-path nor partition-id/num-partitions; "
+            "start the node with --data-path FILE"
         ) from None
     if not 0 <= pid < nparts:
         raise DataError(f"node config partition-id={pid}: must be in 0..{nparts - 1}")

@@ -1,4 +1,4 @@
-"""Atomic model checkpoints: a crash leaves either the old file or the new one, never half of one."""
+"""Atomic model checkpoints: a crash leaves the old file or the new one, never half of one."""
 
 from __future__ import annotations
 

@@ -109,7 +109,8 @@ class RunStore:
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.executescript(_SCHEMA)
                 self._db.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
                 )
             else:
                 self._db.execute("SELECT 1 FROM runs LIMIT 1")
@@ -148,7 +149,7 @@ class RunStore:
             )
 
     def resume_run(self, run_id: str, flower_run_id: str) -> int:
-        """Mark a run as running again; drop partial rows of unfinished rounds; return last round."""
+        """Mark a run running again, drop rows of unfinished rounds, return the last round."""
         run = self.get_run(run_id)
         if run is None:
             raise StoreError(f"resume={run_id!r}: no such run in {self.path}; see `runs` for ids")

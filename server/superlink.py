@@ -7,6 +7,7 @@ whoever starts a process here also stops it, including the Ray workers a simulat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -77,22 +78,14 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: flo
 def stop_process_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     """SIGTERM the whole session, then SIGKILL what survives (Ray agents ignore SIGTERM)."""
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 @dataclass
