@@ -20,8 +20,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 __all__ = [
     "ACCOUNTANTS",
@@ -34,8 +32,12 @@ __all__ = [
 ]
 
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
-#: Same order grid as Opacus' RDPAccountant, so our numbers match it exactly.
-RDP_ORDERS: tuple[float, ...] = tuple(float(a) for a in RDPAccountant.DEFAULT_ALPHAS)
+#: Same order grid as Opacus' ``RDPAccountant.DEFAULT_ALPHAS``, so our numbers match it
+#: exactly. Spelled out (and checked by a test) because importing Opacus pulls in torch,
+#: which would make every ledger read (e.g. the ``fedguard-node ledger`` CLI) take seconds.
+RDP_ORDERS: tuple[float, ...] = tuple(
+    [1 + x / 10.0 for x in range(1, 100)] + [float(a) for a in range(12, 64)]
+)
 #: Beyond this noise multiplier we call a target unreachable (mirrors Opacus' MAX_SIGMA).
 MAX_NOISE_MULTIPLIER = 1e6
 #: Relative precision of the calibrated noise multiplier (the result is always on the safe side).
@@ -86,6 +88,8 @@ def _check_accountant(accountant: str) -> None:
 
 @functools.lru_cache(maxsize=4096)
 def _per_step_rdp_cached(noise_multiplier: float, sample_rate: float) -> tuple[float, ...]:
+    from opacus.accountants.analysis.rdp import compute_rdp
+
     curve = compute_rdp(
         q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(RDP_ORDERS)
     )
@@ -111,6 +115,8 @@ def _merge(releases: Iterable[Release]) -> list[tuple[float, float, int]]:
 
 
 def _rdp_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
     total = np.zeros(len(RDP_ORDERS))
     for sigma, q, n in history:
         total = total + per_step_rdp(sigma, q) * n
@@ -123,6 +129,8 @@ def _rdp_epsilon(history: list[tuple[float, float, int]], delta: float) -> float
 
 
 def _prv_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
+    from opacus.accountants import PRVAccountant
+
     acc = PRVAccountant()
     acc.history = list(history)
     # q == 1.0 makes Opacus evaluate log(0) on a branch it then discards; silence that noise.
