@@ -1,0 +1,260 @@
+"""Offline bilingual BM25 search over the knowledge base.
+
+Each entry is scored on three views, because users rarely phrase a question like the KB does:
+  * its best-matching single question/paraphrase (short texts, so a close paraphrase wins),
+  * all its questions and paraphrases together (rewards entries whose wording overlaps broadly),
+  * its answer and citations, at a lower weight (catches terms only the answer mentions).
+Chinese is tokenised with jieba words plus character bigrams (bigrams survive segmentation
+differences between the question and the KB); English with lowercase words, stop words removed
+and a light suffix-stripping stemmer. The index is built once per process per KB digest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from assistant.knowledge_base import Entry, KnowledgeBase
+
+# Weights of the three views (tuned on tests/data/assistant_eval.yaml, see README of the script).
+W_SENTENCE = 1.0
+W_QUESTIONS = 0.5
+W_ANSWER = 0.25
+K1, B = 1.2, 0.75
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(re.findall(r"\S+", text))
+
+
+_RUN = re.compile(
+    r"(?P<han>[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+)|(?P<word>[A-Za-z0-9]+(?:['’][A-Za-z]+)?)"
+)
+EN_STOP: frozenset[str] = _words(
+    """a about above after again all also am an and any are as at be been being below between both
+    but by can could did do does doing done during each few for from further had has have having he
+    her here hers him his how i if in into is it its itself just may me might more most must my
+    no nor not of off on once only or other our ours out over own please same shall she should so
+    some such than that the their theirs them then there these they this those through to too
+    under until up very was we were what when where which while who whom why will with would you
+    your yours tell know explain mean means meaning s t"""
+)
+ZH_STOP: frozenset[str] = _words(
+    """的 了 吗 呢 吧 啊 呀 是 在 和 与 及 或 或者 而 就 都 也 还 又 对 把 被 让 给 从 向 于
+    以 之 其 我 我们 你 你们 他 她 它 他们 这 那 这个 那个 这些 那些 哪 哪些 哪个 什么 怎么
+    怎么样 怎样 如何 为什么 是否 是不是 有没有 能否 能不能 可否 请问 请 一下 一个 有 没有
+    会 要 么 啥 多少 几"""
+)
+_BIGRAM = "\u00a7"  # prefix that keeps character bigrams apart from jieba words in the index
+
+_jieba_lock = threading.Lock()
+_jieba_ready = False
+
+
+def _cache_dir() -> Path:
+    """Where jieba keeps its parsed-dictionary cache (never the system temp dir of a test run)."""
+    env = os.environ.get("FEDGUARD_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fedguard"
+
+
+def _jieba():  # type: ignore[no-untyped-def]
+    """Import and initialise jieba once, silently (it logs to stderr and never to stdout)."""
+    global _jieba_ready
+    import jieba
+
+    if not _jieba_ready:
+        with _jieba_lock:
+            if not _jieba_ready:
+                jieba.setLogLevel(logging.ERROR)
+                cache = _cache_dir()
+                try:
+                    cache.mkdir(parents=True, exist_ok=True)
+                    jieba.dt.tmp_dir = str(cache)
+                except OSError:  # read-only home: jieba still works, it just re-parses each time
+                    logging.getLogger("jieba").setLevel(logging.CRITICAL)
+                jieba.initialize()
+                _jieba_ready = True
+    return jieba
+
+
+@lru_cache(maxsize=65536)
+def stem(word: str) -> str:
+    """Light English stemmer: folds plurals, -ing/-ed/-ion/-e and US spellings onto one key.
+
+    Crude on purpose: the same function runs on KB and query, so only consistency matters.
+    """
+    w = re.sub(r"iz(e|ed|es|ing|ation|ations)$", r"is\1", word)
+    w = re.sub(r"ense(s|d)?$", r"ence\1", w)
+    if len(w) <= 3:
+        return w
+    for suffix in ("ations", "ation", "ings", "ing", "ions", "ion", "ed", "ly"):
+        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
+            if suffix in ("ions", "ion") and w[-len(suffix) - 1] not in "ts":
+                continue
+            w = w[: -len(suffix)]
+            if len(w) >= 4 and w[-1] == w[-2] and w[-1] not in "lsz":
+                w = w[:-1]
+            break
+    else:
+        if w.endswith("ies") and len(w) > 4:
+            w = w[:-3] + "y"
+        elif w.endswith(("sses", "xes", "zes", "ches", "shes")):
+            w = w[:-2]
+        elif w.endswith("s") and not w.endswith(("ss", "us", "is")):
+            w = w[:-1]
+    if w.endswith("e") and len(w) > 4:
+        w = w[:-1]
+    return w
+
+
+def tokenize(text: str) -> list[str]:
+    """Index/query tokens for mixed Chinese/English text (order kept, duplicates kept)."""
+    tokens: list[str] = []
+    for match in _RUN.finditer(text):
+        han = match.group("han")
+        if han:
+            if len(han) == 1:
+                if han not in ZH_STOP:
+                    tokens.append(han)
+                continue
+            tokens.extend(w for w in _jieba().lcut_for_search(han) if w not in ZH_STOP)
+            tokens.extend(_BIGRAM + han[i : i + 2] for i in range(len(han) - 1))
+        else:
+            word = match.group("word").lower().replace("’", "'")
+            word = word.split("'")[0]
+            if word and word not in EN_STOP:
+                tokens.append(stem(word))
+    return tokens
+
+
+class BM25:
+    """Okapi BM25 over pre-tokenised documents, scored with numpy over an inverted index."""
+
+    def __init__(self, docs: Sequence[Sequence[str]]) -> None:
+        self.n_docs = len(docs)
+        lengths = np.array([len(d) for d in docs], dtype=float)
+        avg = float(lengths.mean()) if len(docs) and lengths.mean() > 0 else 1.0
+        norm = K1 * (1 - B + B * lengths / avg)
+        postings: dict[str, list[tuple[int, float]]] = {}
+        for i, doc in enumerate(docs):
+            for token, tf in Counter(doc).items():
+                postings.setdefault(token, []).append((i, tf * (K1 + 1) / (tf + norm[i])))
+        self.idf: dict[str, float] = {}
+        self._postings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for token, plist in postings.items():
+            df = len(plist)
+            self.idf[token] = math.log(1 + (self.n_docs - df + 0.5) / (df + 0.5))
+            ids = np.fromiter((p[0] for p in plist), dtype=np.int64, count=df)
+            weights = np.fromiter((p[1] for p in plist), dtype=float, count=df)
+            self._postings[token] = (ids, weights)
+
+    def unseen_idf(self) -> float:
+        """The idf a token that occurs nowhere would have (df = 0)."""
+        return math.log(1 + (self.n_docs + 0.5) / 0.5)
+
+    def scores(self, query: Iterable[str]) -> np.ndarray:
+        """BM25 score of every document for a tokenised query (repeated tokens count once)."""
+        out = np.zeros(self.n_docs)
+        for token in set(query):
+            hit = self._postings.get(token)
+            if hit is not None:
+                out[hit[0]] += self.idf[token] * hit[1]
+        return out
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One ranked entry with the evidence the confidence score is computed from."""
+
+    entry: Entry
+    score: float
+    coverage: float  # idf-weighted share of the query's tokens that the entry contains
+
+
+class SearchIndex:
+    """BM25 views of a knowledge base; build once with `get_index`, then call `search`."""
+
+    def __init__(self, kb: KnowledgeBase) -> None:
+        self.kb = kb
+        entries = kb.entries
+        sentences: list[list[str]] = []
+        owner: list[int] = []
+        questions: list[list[str]] = []
+        answers: list[list[str]] = []
+        self._vocab: list[set[str]] = []
+        for i, e in enumerate(entries):
+            texts = [e.question[lang] for lang in e.question]
+            for lang in e.paraphrases:
+                texts.extend(e.paraphrases[lang])
+            toks = [tokenize(t) for t in texts]
+            sentences.extend(toks)
+            owner.extend([i] * len(toks))
+            questions.append([t for tok in toks for t in tok])
+            answer = tokenize(" ".join([*e.answer.values(), *e.citations]))
+            answers.append(answer)
+            self._vocab.append(set(questions[-1]) | set(answer))
+        self._owner = np.array(owner, dtype=np.int64)
+        self._sentences = BM25(sentences)
+        self._questions = BM25(questions)
+        self._answers = BM25(answers)
+
+    def search(self, question: str, k: int = 5) -> list[Hit]:
+        """The k best entries for a question, best first (empty if nothing matches at all)."""
+        query = tokenize(question)
+        n = len(self.kb.entries)
+        if not query or n == 0:
+            return []
+        best_sentence = np.zeros(n)
+        np.maximum.at(best_sentence, self._owner, self._sentences.scores(query))
+        total = (
+            W_SENTENCE * best_sentence
+            + W_QUESTIONS * self._questions.scores(query)
+            + W_ANSWER * self._answers.scores(query)
+        )
+        order = np.argsort(-total, kind="stable")[:k]
+        weights = self._query_weights(query)
+        weight_sum = sum(weights.values()) or 1.0
+        hits = []
+        for i in order:
+            if total[i] <= 0:
+                break
+            vocab = self._vocab[i]
+            covered = sum(w for t, w in weights.items() if t in vocab)
+            hits.append(Hit(self.kb.entries[i], float(total[i]), covered / weight_sum))
+        return hits
+
+    def _query_weights(self, query: Sequence[str]) -> dict[str, float]:
+        """idf of each distinct query token on the question view; unknown tokens weigh most."""
+        unseen = self._questions.unseen_idf()
+        idf = self._questions.idf
+        answer_idf = self._answers.idf
+        return {t: idf.get(t, answer_idf.get(t, unseen)) for t in set(query)}
+
+
+_INDEXES: dict[str, SearchIndex] = {}
+_INDEX_LOCK = threading.Lock()
+
+
+def get_index(kb: KnowledgeBase) -> SearchIndex:
+    """The search index for this KB, built on first use and cached per process by KB digest."""
+    index = _INDEXES.get(kb.digest)
+    if index is None:
+        with _INDEX_LOCK:
+            index = _INDEXES.get(kb.digest)
+            if index is None:
+                index = SearchIndex(kb)
+                _INDEXES[kb.digest] = index
+    return index
