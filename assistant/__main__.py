@@ -1,0 +1,87 @@
+"""`fedguard-ask "question" [--lang zh|en] [--json] [--kb DIR]`: ask the assistant from a shell.
+
+Exit status: 0 when answered (also when the assistant abstains; see "abstained" in --json),
+2 on bad input or a broken knowledge base. Errors are one line on stderr, never a traceback.
+With --json, stdout holds exactly one JSON object (nothing at all on error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from assistant.answering import Answer, AskError, Assistant, topic_label
+from assistant.knowledge_base import KBError, load_kb
+from assistant.language import LanguageError
+from assistant.llm_rewrite import LLMConfigError
+
+PROG = "fedguard-ask"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (argparse prints usage + error)."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(f"{message}; see {PROG} --help")
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Answer IP and data-compliance questions (Chinese or English) with sources.",
+        epilog="Exit status: 0 answered or abstained, 2 bad input.",
+    )
+    parser.add_argument("question", help='the question, in quotes: "Do I need a DPIA?"')
+    parser.add_argument("--lang", choices=("zh", "en"), help="answer language (default: auto)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--kb", metavar="DIR", help="knowledge base directory (default: bundled)")
+    return parser
+
+
+def render(answer: Answer) -> str:
+    """Plain-text rendering: answer, numbered sources, jurisdiction/date, confidence, note."""
+    lang = answer.lang
+    lines = [answer.answer, ""]
+    if answer.sources:
+        lines.append("Sources:" if lang == "en" else "来源：")
+        for i, source in enumerate(answer.sources, 1):
+            lines.append(f"  [{i}] {source.citation}  ({source.id})")
+    if answer.jurisdiction:
+        label = "Jurisdiction" if lang == "en" else "法域"
+        verified = "last verified" if lang == "en" else "最后核实"
+        lines.append(
+            f"{label}: {', '.join(answer.jurisdiction)}; {verified} {answer.last_verified}"
+        )
+    if answer.related_topics and not answer.abstained:
+        label = "Related" if lang == "en" else "相关主题"
+        lines.append(f"{label}: " + "; ".join(topic_label(t, lang) for t in answer.related_topics))
+    conf = "Confidence" if lang == "en" else "置信度"
+    lines.append(f"{conf}: {answer.confidence:.2f}")
+    lines.append(answer.disclaimer)
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        kb = load_kb(args.kb) if args.kb else load_kb()
+        answer = Assistant(kb).ask(args.question, lang=args.lang)
+    except (KBError, AskError, LanguageError, LLMConfigError) as exc:
+        _fail(str(exc))
+    if args.json:
+        print(answer.to_json())
+    else:
+        print(render(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
