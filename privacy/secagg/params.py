@@ -1,0 +1,182 @@
+"""Round parameters: safe defaults, validation, and the context digest bound into every key.
+
+The parameters are public. Both sides derive the same `SecAggParams` from the setup message,
+and everything cryptographic is bound to `context_digest` so material from another run,
+round or parameter set never authenticates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from dataclasses import dataclass
+
+from privacy.secagg.errors import SecAggConfigError
+
+PROTOCOL_LABEL = b"fedguard/secagg+/v1"
+MAX_QUANT_BITS = 48  # float64 must represent every quantisation level exactly
+MAX_MOD_BITS = 64  # arithmetic is done in numpy uint64
+COMPLETE_GRAPH_UP_TO = 32  # below this size the O(n^2) complete graph is cheap and strongest
+
+
+def default_num_neighbours(num_nodes: int) -> int:
+    """Complete graph for small cohorts, else an even degree ~4*log2(n) (SecAgg+ uses O(log n))."""
+    if num_nodes <= COMPLETE_GRAPH_UP_TO:
+        return num_nodes - 1
+    degree = 2 * math.ceil(2 * math.log2(num_nodes))
+    return min(num_nodes - 1, degree)
+
+
+def min_mod_bits(num_nodes: int, quant_bits: int) -> int:
+    """Smallest modulus width in which the sum of `num_nodes` quantised values cannot wrap."""
+    return quant_bits + max(1, math.ceil(math.log2(num_nodes)))
+
+
+@dataclass(frozen=True)
+class SecAggParams:
+    """Resolved, validated parameters of one SecAgg+ round.
+
+    num_neighbours is the degree of the neighbour graph; each node's secrets are Shamir-shared
+    over its group = itself + its neighbours (group_size = num_neighbours + 1), with
+    `threshold` shares needed to reconstruct.
+    """
+
+    num_nodes: int
+    vector_length: int
+    num_neighbours: int
+    threshold: int
+    min_survivors: int
+    clip_range: float
+    quant_bits: int
+    mod_bits: int
+    stochastic_rounding: bool
+
+    @property
+    def group_size(self) -> int:
+        """Share holders per node: the node itself plus its neighbours."""
+        return self.num_neighbours + 1
+
+    @property
+    def complete_graph(self) -> bool:
+        """True when every node neighbours every other node."""
+        return self.num_neighbours >= self.num_nodes - 1
+
+    @property
+    def max_dropouts_per_group(self) -> int:
+        """How many holders of one node's shares may vanish before reconstruction fails."""
+        return self.group_size - self.threshold
+
+    def validate(self) -> SecAggParams:
+        """Reject unsafe or impossible settings with a one-line reason."""
+        n = self.num_nodes
+        if n < 2:
+            raise SecAggConfigError(f"num_nodes={n}: secure aggregation needs at least 2 nodes")
+        if self.vector_length < 1:
+            raise SecAggConfigError(f"vector_length={self.vector_length}: must be >= 1")
+        if not 2 <= self.num_neighbours <= n - 1 and not (n == 2 and self.num_neighbours == 1):
+            raise SecAggConfigError(
+                f"num_neighbours={self.num_neighbours}: must be between 2 and num_nodes-1={n - 1}"
+            )
+        if self.num_neighbours < n - 1 and self.num_neighbours % 2:
+            raise SecAggConfigError(
+                f"num_neighbours={self.num_neighbours}: must be even unless the graph is complete"
+            )
+        g = self.group_size
+        if not g / 2 < self.threshold <= g:
+            raise SecAggConfigError(
+                f"threshold={self.threshold}: must be above half the share group ({g}) and at "
+                f"most {g}; use {g // 2 + 1}"
+            )
+        if not n / 2 < self.min_survivors <= n or self.min_survivors < self.threshold:
+            raise SecAggConfigError(
+                f"min_survivors={self.min_survivors}: must exceed half of the {n} sampled nodes, "
+                f"be at least threshold={self.threshold} and at most {n}"
+            )
+        if not (math.isfinite(self.clip_range) and self.clip_range > 0):
+            raise SecAggConfigError(f"clip_range={self.clip_range}: must be a positive number")
+        if not 1 <= self.quant_bits <= MAX_QUANT_BITS:
+            raise SecAggConfigError(
+                f"quant_bits={self.quant_bits}: must be between 1 and {MAX_QUANT_BITS}"
+            )
+        need = min_mod_bits(n, self.quant_bits)
+        if not need <= self.mod_bits <= MAX_MOD_BITS:
+            raise SecAggConfigError(
+                f"mod_bits={self.mod_bits}: the sum of {n} nodes at quant_bits={self.quant_bits} "
+                f"needs {need}..{MAX_MOD_BITS} bits; lower quant_bits or raise mod_bits"
+            )
+        return self
+
+    def digest(self) -> bytes:
+        """Canonical hash of the parameters, so both sides provably use the same ones."""
+        packed = struct.pack(
+            ">QQQQQdQQ?",
+            self.num_nodes,
+            self.vector_length,
+            self.num_neighbours,
+            self.threshold,
+            self.min_survivors,
+            self.clip_range,
+            self.quant_bits,
+            self.mod_bits,
+            self.stochastic_rounding,
+        )
+        return hashlib.sha256(PROTOCOL_LABEL + b"/params" + packed).digest()
+
+
+def resolve_params(
+    num_nodes: int,
+    vector_length: int,
+    *,
+    num_neighbours: int | None = None,
+    threshold: int | None = None,
+    min_survivors: int | None = None,
+    clip_range: float = 8.0,
+    quant_bits: int = 32,
+    mod_bits: int | None = None,
+    stochastic_rounding: bool = True,
+) -> SecAggParams:
+    """Fill safe defaults and validate.
+
+    Defaults: complete graph up to 32 nodes, threshold = half the share group + 1,
+    min_survivors = half the sampled nodes + 1, mod_bits just wide enough not to overflow.
+    An odd num_neighbours below n-1 is rounded up to the next even number (Harary graph).
+    """
+    if num_nodes < 2:
+        raise SecAggConfigError(f"num_nodes={num_nodes}: secure aggregation needs at least 2 nodes")
+    k = default_num_neighbours(num_nodes) if num_neighbours is None else int(num_neighbours)
+    if k >= num_nodes - 1:
+        k = num_nodes - 1
+    elif k % 2:
+        k = min(k + 1, num_nodes - 1)
+    group = k + 1
+    t = group // 2 + 1 if threshold is None else int(threshold)
+    survivors = max(num_nodes // 2 + 1, t) if min_survivors is None else int(min_survivors)
+    mb = min_mod_bits(num_nodes, quant_bits) if mod_bits is None else int(mod_bits)
+    return SecAggParams(
+        num_nodes=num_nodes,
+        vector_length=int(vector_length),
+        num_neighbours=k,
+        threshold=t,
+        min_survivors=survivors,
+        clip_range=float(clip_range),
+        quant_bits=int(quant_bits),
+        mod_bits=mb,
+        stochastic_rounding=bool(stochastic_rounding),
+    ).validate()
+
+
+def context_digest(
+    run_id: str, round_id: int, node_ids_packed: bytes, graph_seed: bytes, params: SecAggParams
+) -> bytes:
+    """Bind run, round, cohort, graph and parameters into one 32-byte context.
+
+    It enters every KDF info string, every AEAD associated data and every signature, which is
+    what makes ciphertexts replayed from another round or run fail authentication.
+    """
+    h = hashlib.sha256(PROTOCOL_LABEL + b"/context")
+    run = run_id.encode("utf-8")
+    for part in (run, round_id.to_bytes(8, "big"), node_ids_packed, graph_seed, params.digest()):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.digest()
