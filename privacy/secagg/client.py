@@ -205,7 +205,8 @@ class SecAggClient:
         commit = crypto.commit_seed(ctx, self.node_id, self.seed)
         return ShareKeysMsg(self.node_id, tuple(recipients), ciphertexts, commit)
 
-    def _open_bundle(self, sender: int, blob: bytes, ctx: bytes) -> tuple[bytes, bytes]:
+    def _open_bundle(self, sender: int, blob: bytes, ctx: bytes) -> tuple[bytes, bytes, bytes]:
+        """Decrypt a bundle -> (seed share, key share, pair mask key); CryptoFailure if bad."""
         c_pk, s_pk = self.nbr_keys[sender]
         key = crypto.agree(self.c_sk, c_pk, b"share-enc", ctx)
         pt = crypto.open_sealed(key, blob, crypto.associated_data(ctx, sender, self.node_id))
@@ -213,8 +214,8 @@ class SecAggClient:
             sender.to_bytes(8, "big") + self.node_id.to_bytes(8, "big")
         ):
             raise crypto.CryptoFailure("bundle addressed to another pair")
-        crypto.agree(self.s_sk, s_pk, b"pair-mask", ctx)  # mask key must work too
-        return pt[16 : 16 + _S], pt[16 + _S :]
+        mask_key = crypto.agree(self.s_sk, s_pk, b"pair-mask", ctx)
+        return pt[16 : 16 + _S], pt[16 + _S :], mask_key
 
     def masked_input(self, msg: ForwardedSharesMsg, vector: np.ndarray) -> MaskedInputMsg:
         """Stage 3: quantise, add self mask and pairwise masks for every accepted sender.
@@ -231,18 +232,20 @@ class SecAggClient:
             params.stochastic_rounding,
         )
         rejected: list[int] = []
+        mask_keys: dict[int, bytes] = {}
         for sender, blob in zip(msg.senders, msg.ciphertexts, strict=True):
             if sender not in self.nbr_keys:
                 raise SecAggProtocolError(f"server forwarded a bundle from non-neighbour {sender}")
             try:
-                self.held[sender] = self._open_bundle(sender, blob, ctx)
+                seed_share, key_share, mask_keys[sender] = self._open_bundle(sender, blob, ctx)
             except crypto.CryptoFailure:
                 rejected.append(sender)
+                continue
+            self.held[sender] = (seed_share, key_share)
         n = params.vector_length
         acc = q + crypto.prg_uint64(crypto.derive_seed_key(self.seed, ctx), n)
-        for other in sorted(self.held):
-            key = crypto.agree(self.s_sk, self.nbr_keys[other][1], b"pair-mask", ctx)
-            mask = crypto.prg_uint64(key, n)
+        for other in sorted(mask_keys):
+            mask = crypto.prg_uint64(mask_keys[other], n)
             if pair_sign(self.node_id, other):
                 acc += mask
             else:
