@@ -1,0 +1,35 @@
+"""Policy engine: rules as data (TOML packs), evaluated against a run and its node manifests.
+
+Typical use by the server::
+
+    packs = load_packs(run_config.get("policy-packs", "baseline"), [data_dir / "policy-packs"])
+    report = evaluate(run_config, manifests, packs)
+    audit_verdicts(audit_log, report, run_id)
+    if report.run_failed: refuse to start, naming report.failing_nodes
+"""
+
+from privacy.policy.engine import evaluate
+from privacy.policy.errors import EvalError, ExprError, PolicyError
+from privacy.policy.expr import Expr, compile_expr
+from privacy.policy.facts import RunFacts, load_run_config
+from privacy.policy.loader import BUILTIN_PACKS, Pack, Rule, available_packs, load_packs
+from privacy.policy.report import PolicyReport, Verdict, audit_verdicts
+
+__all__ = [
+    "BUILTIN_PACKS",
+    "EvalError",
+    "Expr",
+    "ExprError",
+    "Pack",
+    "PolicyError",
+    "PolicyReport",
+    "Rule",
+    "RunFacts",
+    "Verdict",
+    "audit_verdicts",
+    "available_packs",
+    "compile_expr",
+    "evaluate",
+    "load_packs",
+    "load_run_config",
+]
