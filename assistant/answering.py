@@ -22,10 +22,14 @@ from assistant.retrieval import Hit, get_index
 
 MAX_QUESTION_CHARS = 2000
 
-# Confidence = logistic(A * coverage + B * margin + C): coverage is the idf-weighted share of the
-# question's terms found in the entry, margin the relative lead over the runner-up. Fitted by
-# eye to tests/data/assistant_eval.yaml (scripts/eval_assistant.py prints both distributions).
-CONF_COVERAGE, CONF_MARGIN, CONF_BIAS = 12.0, 3.0, -7.5
+# Confidence = logistic(w . features + bias), features from `confidence_features`: coverage (the
+# idf-weighted share of the question's content words found in the entry), log(1 + BM25 score)
+# (absolute evidence), margin (relative lead over the runner-up) and a Chinese-question flag
+# (Chinese queries carry more tokens, so their raw scores run higher). The weights are a logistic
+# regression fitted on tests/data/assistant_eval.yaml with `scripts/eval_assistant.py --fit`,
+# which also prints the leave-one-out accuracy so the fit can be checked for overfitting.
+CONF_WEIGHTS = (1.09, 2.39, 0.60, -1.23)
+CONF_BIAS = -7.91
 THRESHOLD = 0.5
 
 DISCLAIMER: dict[Lang, str] = {
@@ -118,14 +122,22 @@ def topic_label(topic: str, lang: Lang) -> str:
     return TOPIC_LABELS.get(topic, {"en": topic, "zh": topic})[lang]
 
 
-def confidence(hits: Sequence[Hit]) -> float:
-    """Map retrieval evidence to [0, 1]; above THRESHOLD the top entry is usually right."""
+def confidence_features(hits: Sequence[Hit], lang: Lang) -> tuple[float, float, float, float]:
+    """(coverage, log1p(score), margin, is_zh) of the top hit; all zero when nothing matched."""
     if not hits:
-        return 0.0
+        return (0.0, 0.0, 0.0, 0.0)
     top = hits[0]
     runner_up = hits[1].score if len(hits) > 1 else 0.0
     margin = (top.score - runner_up) / top.score if top.score > 0 else 0.0
-    z = CONF_COVERAGE * top.coverage + CONF_MARGIN * margin + CONF_BIAS
+    return (top.coverage, math.log1p(top.score), margin, 1.0 if lang == "zh" else 0.0)
+
+
+def confidence(hits: Sequence[Hit], lang: Lang) -> float:
+    """Probability-like score in [0, 1] that the top entry answers the question."""
+    if not hits:
+        return 0.0
+    features = confidence_features(hits, lang)
+    z = CONF_BIAS + sum(w * f for w, f in zip(CONF_WEIGHTS, features, strict=True))
     return 1.0 / (1.0 + math.exp(-z))
 
 
@@ -173,7 +185,7 @@ class Assistant:
                 kind="live",
             )
         hits = self.index.search(question, k=6)
-        score = confidence(hits)
+        score = confidence(hits, detect_language(question))
         if score < self.threshold:
             return self._abstain(hits, score, out_lang)
         return self._answer(question, hits, score, out_lang)

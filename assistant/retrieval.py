@@ -120,6 +120,28 @@ def stem(word: str) -> str:
     return w
 
 
+def query_units(text: str) -> list[tuple[str, tuple[str, ...]]]:
+    """Content units of a question for the coverage score: (unit, its character bigrams).
+
+    Units are English stems and Chinese jieba words of 2+ characters (stop words dropped).
+    Coverage is counted on units, not raw index tokens, because the bigrams that straddle word
+    boundaries ("习里" in "联邦学习里") are noise that no entry contains.
+    """
+    units: list[tuple[str, tuple[str, ...]]] = []
+    for match in _RUN.finditer(text):
+        han = match.group("han")
+        if han:
+            for word in _jieba().lcut(han):
+                if len(word) >= 2 and word not in ZH_STOP:
+                    bigrams = tuple(_BIGRAM + word[i : i + 2] for i in range(len(word) - 1))
+                    units.append((word, bigrams))
+        else:
+            word = match.group("word").lower().replace("’", "'").split("'")[0]
+            if word and word not in EN_STOP:
+                units.append((stem(word), ()))
+    return list(dict.fromkeys(units))
+
+
 def tokenize(text: str) -> list[str]:
     """Index/query tokens for mixed Chinese/English text (order kept, duplicates kept)."""
     tokens: list[str] = []
@@ -225,23 +247,29 @@ class SearchIndex:
             + W_ANSWER * self._answers.scores(query)
         )
         order = np.argsort(-total, kind="stable")[:k]
-        weights = self._query_weights(query)
-        weight_sum = sum(weights.values()) or 1.0
+        units = [(u, bigrams, self._weight(u, bigrams)) for u, bigrams in query_units(question)]
+        weight_sum = sum(w for _, _, w in units) or 1.0
         hits = []
         for i in order:
             if total[i] <= 0:
                 break
             vocab = self._vocab[i]
-            covered = sum(w for t, w in weights.items() if t in vocab)
+            covered = sum(w for u, bg, w in units if u in vocab or (bg and vocab.issuperset(bg)))
             hits.append(Hit(self.kb.entries[i], float(total[i]), covered / weight_sum))
         return hits
 
-    def _query_weights(self, query: Sequence[str]) -> dict[str, float]:
-        """idf of each distinct query token on the question view; unknown tokens weigh most."""
-        unseen = self._questions.unseen_idf()
-        idf = self._questions.idf
-        answer_idf = self._answers.idf
-        return {t: idf.get(t, answer_idf.get(t, unseen)) for t in set(query)}
+    def _idf(self, token: str) -> float:
+        """idf on the question view, else the answer view; tokens found nowhere weigh most."""
+        idf = self._questions.idf.get(token)
+        if idf is None:
+            idf = self._answers.idf.get(token, self._questions.unseen_idf())
+        return idf
+
+    def _weight(self, unit: str, bigrams: tuple[str, ...]) -> float:
+        """A unit's weight: its own idf if indexed, else the mean idf of its bigrams."""
+        if unit in self._questions.idf or unit in self._answers.idf or not bigrams:
+            return self._idf(unit)
+        return sum(self._idf(b) for b in bigrams) / len(bigrams)
 
 
 _INDEXES: dict[str, SearchIndex] = {}
