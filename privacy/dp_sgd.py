@@ -11,7 +11,8 @@ The one entry point for a ClientApp is :class:`DPSGDSession`::
     training = session.make_private(model, optimizer, loader, criterion)
     ...train with training.model / .optimizer / .loader / .criterion...
     session.record(round, training)            # BEFORE the update leaves the node
-    metrics = {"epsilon": session.spent(), "clipped": training.clipped_fraction()}
+    metrics = session.round_metrics(training)  # epsilon spent, clipped fraction, ...
+    weights = training.finish().state_dict()   # plain module, Opacus hooks removed
 
 The noise multiplier is calibrated once per run (cached in the ledger) for the run's whole
 planned length, so every round of the run uses the same noise even though each Flower
@@ -253,6 +254,16 @@ class PrivateTraining:
         """Noisy optimizer steps Opacus' accountant has counted."""
         return sum(int(n) for _, _, n in self.engine.accountant.history)
 
+    def finish(self) -> nn.Module:
+        """Remove Opacus' hooks and return the plain trained module (the caller's original).
+
+        Use it to read weights (``state_dict`` keys then lack Opacus' ``_module.`` prefix)
+        or to evaluate without per-sample-gradient overhead.
+        """
+        if hasattr(self.model, "to_standard_module"):
+            return self.model.to_standard_module()
+        return self.model
+
     def release(self, min_steps: int = 0) -> Release | None:
         """The mechanism actually run: Opacus' history, at least ``min_steps`` steps.
 
@@ -446,6 +457,18 @@ class DPSGDSession:
         return self.ledger.record(
             self.run_id, round, self.fingerprint, release, self.cfg.delta, self.cfg.accountant
         )
+
+    def round_metrics(self, training: PrivateTraining) -> dict[str, float]:
+        """Numbers a node can report to the server after recording a round (no data)."""
+        clipped = training.clipped_fraction()
+        return {
+            "dp-epsilon-spent": self.spent(),
+            "dp-epsilon-budget": self.budget,
+            "dp-noise-multiplier": training.noise_multiplier,
+            "dp-sample-rate": training.sample_rate,
+            "dp-steps": float(training.steps_taken),
+            "dp-clipped-fraction": -1.0 if clipped is None else clipped,
+        }
 
     def spent(self) -> float:
         """Lifetime epsilon of this dataset at the run's delta, after what is recorded."""

@@ -250,6 +250,13 @@ def test_session_spends_its_target_over_the_run_then_refuses(tmp_path: Path) -> 
         _epoch(t)
         entry = session.record(round_no, t)
         assert entry.release == session.planned_release()
+        metrics = session.round_metrics(t)
+        assert metrics["dp-epsilon-spent"] == pytest.approx(session.spent())
+        assert 0.0 <= metrics["dp-clipped-fraction"] <= 1.0
+        plain = t.finish()
+        assert plain is model
+        assert set(plain.state_dict()) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+        assert not any(hasattr(p, "grad_sample") for p in plain.parameters())
     spent = session.spent()
     assert 0.97 * 2.0 < spent <= 2.0  # calibration is tight and never overshoots
     refusal = session.check(4)

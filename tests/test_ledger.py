@@ -194,30 +194,27 @@ def test_format_ledger_shows_cumulative_epsilon_per_run(ledger: PrivacyLedger) -
 
 @pytest.mark.slow
 def test_sigkill_never_loses_an_acknowledged_release(tmp_path: Path) -> None:
-    """Kill a writer at random points; every release it acknowledged must be on disk."""
+    """Kill writers at random points; every release they acknowledged must be on disk.
+
+    Two writers share the ledger each time (as a node's concurrent processes could), so
+    the kill also lands while the other process holds or waits for the write lock.
+    """
     path = tmp_path / "ledger.sqlite"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     rng = random.Random(20261124)
     acked: list[tuple[int, str, int]] = []
-    for kill in range(8):
-        run_id = f"run-{kill}"
-        proc = subprocess.Popen(
-            [sys.executable, str(WRITER), str(path), run_id],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            text=True,
-        )
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
-        wanted = rng.randint(1, 40)
-        for _ in range(wanted):
-            acked.append(_parse_ack(proc.stdout.readline()))
-        proc.send_signal(signal.SIGKILL)  # the writer is mid-way through its next record
-        proc.wait()
-        acked.extend(_parse_ack(line) for line in proc.stdout.read().splitlines())
-        proc.stdout.close()
-        assert proc.returncode == -signal.SIGKILL
+    for kill in range(4):
+        procs = [_start_writer(path, f"run-{kill}-{w}") for w in range(2)]
+        for proc in procs:
+            assert proc.stdout is not None
+            for _ in range(rng.randint(1, 25)):
+                acked.append(_parse_ack(proc.stdout.readline()))
+            proc.send_signal(signal.SIGKILL)  # mid-way through its next record
+        for proc in procs:
+            assert proc.stdout is not None
+            proc.wait()
+            acked.extend(_parse_ack(line) for line in proc.stdout.read().splitlines())
+            proc.stdout.close()
+            assert proc.returncode == -signal.SIGKILL
 
         stored = {(e.id, e.run_id, e.round) for e in PrivacyLedger(path).releases()}
         assert set(acked) <= stored
@@ -227,6 +224,20 @@ def test_sigkill_never_loses_an_acknowledged_release(tmp_path: Path) -> None:
         finally:
             con.close()
     assert len({run for _, run, _ in acked}) == 8
+    assert len({row_id for row_id, _, _ in acked}) == len(acked)  # ids never reused
+
+
+def _start_writer(path: Path, run_id: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, str(WRITER), str(path), run_id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
 
 
 def _parse_ack(line: str) -> tuple[int, str, int]:
