@@ -1,0 +1,192 @@
+"""The knowledge base loader rejects bad entries with one-line errors, and the real KB is valid.
+
+The real-KB tests re-check every entry on every run, so an entry added tomorrow without a
+Chinese answer, a citation or a sane date fails CI instead of reaching users.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from assistant.knowledge_base import (
+    DEFAULT_KB_DIR,
+    JURISDICTIONS,
+    TOPICS,
+    KBError,
+    load_kb,
+    parse_entries,
+)
+from assistant.language import detect_language
+
+GOOD = {
+    "id": "gdpr-legitimate-interest",
+    "topic": "legal-bases",
+    "jurisdiction": ["EU"],
+    "question": {"en": "Can we rely on legitimate interest?", "zh": "能依据正当利益吗？"},
+    "paraphrases": {"en": ["Is legitimate interest enough?"], "zh": ["正当利益够不够？"]},
+    "answer": {"en": "Yes, after a balancing test.", "zh": "可以，但须先做平衡测试。"},
+    "citations": ["GDPR Art. 6(1)(f)"],
+    "last_verified": "2026-11-20",
+}
+TODAY = dt.date(2026, 11, 24)
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDGUARD_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def write(directory: Path, name: str, entries: list[dict]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(yaml.safe_dump(entries, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def entry(**changes: object) -> dict:
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in GOOD.items()}
+    data.update(changes)
+    return data
+
+
+def load_error(tmp_path: Path, entries: list[dict]) -> str:
+    write(tmp_path / "kb", "legal.yaml", entries)
+    with pytest.raises(KBError) as info:
+        load_kb(tmp_path / "kb", today=TODAY)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# --- loader behaviour --------------------------------------------------------------------
+
+
+def test_valid_entry_loads_with_parsed_fields(tmp_path: Path) -> None:
+    write(tmp_path / "kb", "legal.yaml", [entry()])
+    kb = load_kb(tmp_path / "kb", today=TODAY)
+    (e,) = kb.entries
+    assert e.id == "gdpr-legitimate-interest"
+    assert e.jurisdiction == ("EU",)
+    assert e.last_verified == dt.date(2026, 11, 20)
+    assert e.paraphrases["zh"] == ("正当利益够不够？",)
+    assert kb.get("gdpr-legitimate-interest") is e and kb.get("nope") is None
+    assert e.file.endswith("legal.yaml")
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "fix"),
+    [
+        ({"answer": {"en": "Yes."}}, "answer.zh", "non-empty string"),
+        ({"question": {"en": "Q?", "zh": "  "}}, "question.zh", "non-empty string"),
+        ({"paraphrases": {"en": ["P?"], "zh": []}}, "paraphrases.zh", "add a paraphrase"),
+        ({"paraphrases": {"en": ["P?"]}}, "paraphrases.zh", "add a paraphrase"),
+        ({"citations": []}, "citations", "at least one citation"),
+        ({"topic": "weather"}, "topic", "unknown topic"),
+        ({"jurisdiction": ["EU", "MARS"]}, "jurisdiction", "unknown code 'MARS'"),
+        ({"last_verified": "2030-01-01"}, "last_verified", "in the future"),
+        ({"last_verified": "20 Nov 2026"}, "last_verified", "YYYY-MM-DD"),
+        ({"answer": {"en": "a", "zh": "b", "fr": "c"}}, "answer", "use only 'en' and 'zh'"),
+        ({"notes": "x"}, "notes", "unknown field"),
+    ],
+)
+def test_bad_entry_error_names_file_entry_and_field(
+    tmp_path: Path, changes: dict, field: str, fix: str
+) -> None:
+    message = load_error(tmp_path, [entry(**changes)])
+    assert "legal.yaml" in message
+    assert "entry 'gdpr-legitimate-interest'" in message
+    assert f"field '{field}'" in message
+    assert fix in message
+
+
+def test_missing_field_is_named(tmp_path: Path) -> None:
+    bad = entry()
+    del bad["citations"]
+    assert "field 'citations': is missing" in load_error(tmp_path, [bad])
+
+
+def test_bad_id_is_reported_by_position(tmp_path: Path) -> None:
+    message = load_error(tmp_path, [entry(), entry(id="Bad Id")])
+    assert "entry #2" in message and "field 'id'" in message
+
+
+def test_duplicate_id_across_files(tmp_path: Path) -> None:
+    write(tmp_path / "kb", "a.yaml", [entry()])
+    write(tmp_path / "kb", "b.yaml", [entry()])
+    with pytest.raises(KBError, match=r"b\.yaml: entry 'gdpr-legitimate-interest'.*duplicate"):
+        load_kb(tmp_path / "kb", today=TODAY)
+
+
+def test_invalid_yaml_and_wrong_shape(tmp_path: Path) -> None:
+    kb = tmp_path / "kb"
+    kb.mkdir()
+    (kb / "broken.yaml").write_text("- id: x\n  topic: [unclosed\n", encoding="utf-8")
+    with pytest.raises(KBError, match=r"broken\.yaml: invalid YAML at line \d+"):
+        load_kb(kb, today=TODAY)
+    with pytest.raises(KBError, match="must contain a YAML list"):
+        parse_entries("id: x\n", "single.yaml", TODAY)
+
+
+def test_missing_or_empty_directory(tmp_path: Path) -> None:
+    with pytest.raises(KBError, match="does not exist"):
+        load_kb(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(KBError, match=r"no \*\.yaml files"):
+        load_kb(tmp_path / "empty")
+
+
+def test_digest_changes_with_content(tmp_path: Path) -> None:
+    write(tmp_path / "kb", "legal.yaml", [entry()])
+    first = load_kb(tmp_path / "kb", today=TODAY).digest
+    write(tmp_path / "kb", "legal.yaml", [entry(citations=["GDPR Art. 6"])])
+    assert load_kb(tmp_path / "kb", today=TODAY).digest != first
+
+
+# --- the real knowledge base -------------------------------------------------------------
+
+REAL_FILES = sorted(DEFAULT_KB_DIR.glob("*.yaml"))
+needs_real_kb = pytest.mark.skipif(not REAL_FILES, reason="no assistant/knowledge/*.yaml yet")
+
+
+@needs_real_kb
+def test_real_kb_loads_and_every_entry_is_complete() -> None:
+    kb = load_kb()  # raises a KBError naming file, entry and field if anything is wrong
+    today = dt.date.today()
+    assert len(kb) >= 1
+    for e in kb:
+        where = f"{e.file}: {e.id}"
+        assert e.topic in TOPICS, where
+        assert set(e.jurisdiction) <= JURISDICTIONS, where
+        assert e.citations and all(c.strip() for c in e.citations), where
+        assert e.last_verified <= today, where
+        for lang in ("en", "zh"):
+            assert e.question[lang].strip() and e.answer[lang].strip(), f"{where} {lang}"
+            assert e.paraphrases[lang], f"{where}: no {lang} paraphrase"
+
+
+@needs_real_kb
+def test_real_kb_ids_are_unique_across_files() -> None:
+    ids = []
+    for path in REAL_FILES:
+        ids += [raw["id"] for raw in yaml.safe_load(path.read_text(encoding="utf-8")) or []]
+    duplicates = [i for i, n in Counter(ids).items() if n > 1]
+    assert not duplicates, f"duplicate ids: {duplicates}"
+
+
+@needs_real_kb
+def test_real_kb_texts_are_in_the_language_they_claim() -> None:
+    """Catches swapped or untranslated fields (an English sentence under `zh`)."""
+    for e in load_kb():
+        texts = {
+            "question": e.question,
+            "answer": e.answer,
+            "paraphrases": {lang: " ".join(p) for lang, p in e.paraphrases.items()},
+        }
+        for field, by_lang in texts.items():
+            for lang in ("en", "zh"):
+                assert detect_language(by_lang[lang]) == lang, f"{e.file}: {e.id}: {field}.{lang}"
