@@ -369,6 +369,8 @@ class DPSGDSession:
         rounds: int,
         budget: float | None = None,
     ) -> None:
+        if not cfg.enabled:
+            raise DPConfigError("run config dp=false: DP-SGD is off, so train without a session")
         self.ledger = ledger
         self.cfg = cfg
         self.run_id = str(run_id)

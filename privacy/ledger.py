@@ -134,10 +134,20 @@ def _check_accountant(accountant: str) -> None:
 class PrivacyLedger:
     """Append-only SQLite record of a node's DP releases plus its calibration cache."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        """Open (and by default create) the ledger at ``path``.
+
+        ``create=False`` is for read-only tools such as ``fedguard-node ledger``: looking at
+        a wrong ``--data-dir`` must not leave an empty ledger behind.
+        """
         self.path = Path(path)
         if self.path.is_dir():
             raise LedgerError(f"privacy ledger {self.path} is a directory: pass a file path")
+        if not create and not self.path.exists():
+            raise LedgerError(
+                f"no privacy ledger at {self.path}: this node has not trained with DP yet, "
+                "or --data-dir points elsewhere"
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -294,6 +294,14 @@ def test_loader_with_other_batch_size_is_refused(tmp_path: Path) -> None:
         session.make_private(model, _sgd(model), _loader(32, x, y))
 
 
+def test_session_requires_dp_enabled(tmp_path: Path) -> None:
+    with pytest.raises(DPConfigError, match="dp=false"):
+        DPSGDSession(
+            PrivacyLedger(tmp_path / "l.sqlite"), DPSGDConfig(), "r", "f" * 64,
+            num_examples=10, batch_size=5, epochs_per_round=1, rounds=1,
+        )
+
+
 def test_unreachable_target_is_a_config_error(tmp_path: Path) -> None:
     ledger = PrivacyLedger(tmp_path / "ledger.sqlite")
     cfg = DPSGDConfig(enabled=True, target_epsilon=1e-9)

@@ -139,6 +139,13 @@ def test_foreign_sqlite_file_is_not_taken_over(tmp_path: Path) -> None:
     assert tables == {"customers"}
 
 
+def test_read_only_open_of_missing_ledger_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "wrong-dir" / "privacy-ledger.sqlite"
+    with pytest.raises(LedgerError, match="no privacy ledger at .*--data-dir points elsewhere"):
+        PrivacyLedger(path, create=False)
+    assert not path.parent.exists()
+
+
 def test_directory_path_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match="is a directory"):
         PrivacyLedger(tmp_path)
