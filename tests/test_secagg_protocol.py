@@ -1,0 +1,415 @@
+"""SecAgg+ end to end: correct sums, dropouts at every stage, aborts, and what the server sees."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from privacy.secagg import (
+    SecAggAbort,
+    SecAggClient,
+    SecAggParams,
+    SecAggProtocolError,
+    SecAggServer,
+    UnmaskRequestMsg,
+    decode,
+    encode,
+    pack_weighted,
+    quantization_step,
+    resolve_params,
+    run_local_round,
+    unpack_weighted,
+)
+from privacy.secagg.graph import neighbour_map
+
+SEED = 20260124
+
+
+def _ids(n: int, rng: np.random.Generator) -> list[int]:
+    """Realistic Flower node ids: random 64-bit values, some above 2**63."""
+    ids = {int(x) for x in rng.integers(1, 2**64 - 1, size=n, dtype=np.uint64)}
+    ids.add(2**64 - 1)
+    return sorted(ids)[:n]
+
+
+def _vectors(n: int, length: int, dtype: type = np.float64) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(SEED + n + length)
+    return {i: rng.normal(0, 1.5, length).astype(dtype) for i in _ids(n, rng)}
+
+
+def _tol(params: SecAggParams, contributors: int) -> float:
+    """Each node's stochastic rounding errs by under one level per entry."""
+    return contributors * quantization_step(params.clip_range, params.quant_bits) + 1e-9
+
+
+def _check(result: Any, vectors: dict[int, np.ndarray], params: SecAggParams) -> None:
+    expected = sum(vectors[c].astype(np.float64) for c in result.contributors)
+    err = np.abs(result.total - expected).max()
+    assert err <= _tol(params, len(result.contributors)), err
+
+
+@pytest.mark.parametrize(
+    ("n", "length", "dtype"),
+    [(2, 7, np.float64), (5, 1, np.float32), (9, 300, np.float32), (40, 500, np.float64)],
+)
+def test_secure_sum_equals_plain_sum(n: int, length: int, dtype: type) -> None:
+    vectors = _vectors(n, length, dtype)
+    params = resolve_params(n, length)
+    result = run_local_round(vectors, params)
+    assert result.contributors == tuple(sorted(vectors)) and not result.dropped
+    _check(result, vectors, params)
+
+
+def test_deterministic_rounding_and_small_quant_bits() -> None:
+    vectors = _vectors(6, 200)
+    params = resolve_params(6, 200, quant_bits=12, stochastic_rounding=False, clip_range=6.0)
+    assert params.mod_bits == 15
+    result = run_local_round(vectors, params)
+    half = quantization_step(6.0, 12) / 2
+    expected = sum(vectors.values())
+    assert np.abs(result.total - expected).max() <= 6 * half + 1e-9
+
+
+def test_weighted_fedavg_matches_plain_weighted_average() -> None:
+    rng = np.random.default_rng(SEED)
+    ids = _ids(7, rng)
+    updates = {i: rng.normal(0, 0.05, 123).astype(np.float32) for i in ids}
+    weights = {i: float(rng.integers(10, 500)) for i in ids}
+    vectors = {i: pack_weighted(updates[i], weights[i], max_weight=1000.0) for i in ids}
+    params = resolve_params(7, 124)
+    result = run_local_round(vectors, params)
+    avg, total_weight = unpack_weighted(result.total, max_weight=1000.0)
+    plain = np.average(
+        np.stack([updates[i] for i in ids]), axis=0, weights=[weights[i] for i in ids]
+    )
+    assert total_weight == pytest.approx(sum(weights.values()), rel=1e-6)
+    assert np.abs(avg - plain).max() < 1e-5
+
+
+def test_clipping_bounds_each_entry_and_is_counted() -> None:
+    vectors = {11: np.array([100.0, -100.0, 0.5]), 22: np.array([1.0, 1.0, 1.0]), 33: np.zeros(3)}
+    params = resolve_params(3, 3, clip_range=2.0)
+    result = run_local_round(vectors, params)
+    assert np.allclose(result.total, [3.0, -1.0, 1.5], atol=_tol(params, 3))
+
+
+# ---------------------------------------------------------------- dropouts
+
+
+@pytest.mark.parametrize("stage", ["advertise", "share_keys", "masked_input", "unmask"])
+def test_complete_graph_tolerates_group_size_minus_threshold_dropouts(stage: str) -> None:
+    vectors = _vectors(8, 64)
+    params = resolve_params(8, 64)
+    assert params.complete_graph and params.threshold == 5
+    drop = sorted(vectors)[: params.max_dropouts_per_group]  # 3 = k + 1 - t
+    result = run_local_round(vectors, params, drop_after={stage: drop})
+    if stage == "unmask":  # their masked inputs arrived: still in the sum
+        assert result.contributors == tuple(sorted(vectors))
+    else:
+        assert set(result.contributors) == set(vectors) - set(drop)
+        assert set(drop) <= set(result.dropped)
+    _check(result, vectors, params)
+
+
+@pytest.mark.parametrize("stage", ["advertise", "share_keys", "masked_input", "unmask"])
+def test_one_more_dropout_aborts_below_threshold(stage: str) -> None:
+    vectors = _vectors(8, 16)
+    params = resolve_params(8, 16)
+    drop = sorted(vectors)[: params.max_dropouts_per_group + 1]
+    with pytest.raises(SecAggAbort) as info:
+        run_local_round(vectors, params, drop_after={stage: drop})
+    assert "\n" not in str(info.value)
+
+
+def test_sparse_graph_neighbourhood_dropouts() -> None:
+    """SecAgg+ graph: losing group_size - t of one node's share holders is still fine."""
+    n, length = 40, 128
+    vectors = _vectors(n, length)
+    params = resolve_params(n, length, num_neighbours=10)
+    assert not params.complete_graph and params.threshold == 6
+    server = SecAggServer(sorted(vectors), params, run_id="r", round_id=3)
+    victim = server.node_ids[0]
+    nbrs = sorted(server.neighbours[victim])
+    assert len(nbrs) == 10
+    drop = nbrs[: params.max_dropouts_per_group]  # 5 holders gone; victim keeps 6 shares
+    result = run_local_round(vectors, params, drop_after={"masked_input": drop}, server=server)
+    assert victim in result.contributors
+    _check(result, vectors, params)
+
+
+def test_sparse_graph_aborts_when_a_survivors_holders_fall_below_threshold() -> None:
+    n = 40
+    vectors = _vectors(n, 32)
+    params = resolve_params(n, 32, num_neighbours=10)
+    server = SecAggServer(sorted(vectors), params, run_id="r", round_id=4)
+    victim = server.node_ids[0]
+    drop = sorted(server.neighbours[victim])[: params.max_dropouts_per_group + 1]
+    with pytest.raises(SecAggAbort, match="shares needed for node .*self-mask seed"):
+        run_local_round(vectors, params, drop_after={"unmask": drop}, server=server)
+
+
+def test_neighbour_graph_is_regular_symmetric_and_seeded() -> None:
+    ids = list(range(100, 160))
+    a = neighbour_map(ids, 8, b"\x01" * 32)
+    b = neighbour_map(ids, 8, b"\x02" * 32)
+    assert all(len(v) == 8 and u not in v for u, v in a.items())
+    assert all(u in a[v] for u, vs in a.items() for v in vs)
+    assert a != b and a == neighbour_map(list(reversed(ids)), 8, b"\x01" * 32)
+
+
+# ---------------------------------------------------------------- what the server holds
+
+
+def _run_to_masked(
+    vectors: dict[int, np.ndarray], params: SecAggParams, round_id: int = 1
+) -> tuple[SecAggServer, dict[int, SecAggClient], dict[int, Any]]:
+    """Drive a round by hand up to the masked-input replies (in-memory, no dropouts)."""
+    server = SecAggServer(sorted(vectors), params, run_id="hand", round_id=round_id)
+    clients = {i: SecAggClient(i) for i in vectors}
+    setup = server.setup()
+    adv = {i: c.setup(setup) for i, c in clients.items()}
+    keys = server.collect_keys(adv)
+    shares = {i: clients[i].share_keys(keys[i]) for i in clients}
+    fwd = server.collect_shares(shares)
+    masked = {i: clients[i].masked_input(fwd[i], vectors[i]) for i in clients}
+    return server, clients, masked
+
+
+def test_masked_inputs_are_statistically_unrelated_to_updates() -> None:
+    length = 4000
+    ramp = np.linspace(-7.5, 7.5, length)  # maximally structured input
+    vectors = {101: ramp, 202: -ramp, 303: np.sin(ramp), 404: ramp**2 / 8}
+    params = resolve_params(4, length, stochastic_rounding=False)
+    _, clients, masked = _run_to_masked(vectors, params)
+    step = quantization_step(params.clip_range, params.quant_bits)
+    for nid, msg in masked.items():
+        held = msg.masked.astype(np.float64)
+        plain_levels = np.rint((vectors[nid] + params.clip_range) / step)
+        assert abs(np.corrcoef(held, vectors[nid])[0, 1]) < 0.08  # ~6 sigma at n=4000
+        assert np.all(held != plain_levels)
+        # Looks uniform over Z_2^bits: mean and spread of a uniform variable.
+        top = float(1 << params.mod_bits)
+        assert abs(held.mean() / top - 0.5) < 0.03
+        assert abs(held.std() / top - 0.5 / np.sqrt(3)) < 0.03
+
+
+def test_server_state_before_unmasking_has_no_plain_vector() -> None:
+    vectors = _vectors(5, 256)
+    params = resolve_params(5, 256)
+    server, _, masked = _run_to_masked(vectors, params)
+    server.collect_masked(masked)
+    total_masked = sum(m.masked.astype(np.float64) for m in masked.values())
+    for nid, vec in vectors.items():
+        assert abs(np.corrcoef(server.masked[nid].astype(np.float64), vec)[0, 1]) < 0.3
+    assert abs(np.corrcoef(total_masked, sum(vectors.values()))[0, 1]) < 0.3
+
+
+def test_client_refuses_unmask_with_too_few_survivors_or_twice() -> None:
+    vectors = _vectors(5, 8)
+    params = resolve_params(5, 8)
+    _, clients, _ = _run_to_masked(vectors, params)
+    ids = sorted(vectors)
+    lonely = UnmaskRequestMsg(survivors=(ids[0],), dropped=tuple(ids[1:]))
+    with pytest.raises(SecAggAbort, match="fewer than"):
+        clients[ids[0]].unmask(lonely)
+    fine = UnmaskRequestMsg(survivors=tuple(ids), dropped=())
+    clients[ids[1]].unmask(fine)
+    with pytest.raises(SecAggProtocolError, match="stage"):
+        clients[ids[1]].unmask(fine)
+
+
+def test_unmask_reveals_seed_or_key_never_both() -> None:
+    vectors = _vectors(6, 8)
+    params = resolve_params(6, 8)
+    ids = sorted(vectors)
+    _, clients, _ = _run_to_masked(vectors, params)
+    reply = clients[ids[0]].unmask(UnmaskRequestMsg(tuple(ids[:4]), tuple(ids[4:])))
+    assert set(reply.seed_owners) == set(ids[:4]) and set(reply.key_owners) == set(ids[4:])
+    overlapping = UnmaskRequestMsg(tuple(ids[:4]), tuple(ids[3:]))
+    with pytest.raises(SecAggProtocolError, match="both"):
+        encode(overlapping)
+    payload = {
+        "secagg.stage": "unmask_request",
+        "survivors": b"".join(i.to_bytes(8, "big") for i in ids[:4]),
+        "dropped": b"".join(i.to_bytes(8, "big") for i in ids[3:]),
+    }
+    with pytest.raises(SecAggProtocolError, match="both"):
+        decode(payload)
+    with pytest.raises(SecAggProtocolError, match="both"):
+        clients[ids[1]].unmask(overlapping)
+
+
+def test_server_aborts_when_survivors_fall_below_minimum() -> None:
+    vectors = _vectors(6, 8)
+    params = resolve_params(6, 8)
+    server, _, masked = _run_to_masked(vectors, params)
+    keep = dict(list(masked.items())[: params.min_survivors - 1])
+    with pytest.raises(SecAggAbort, match="below the minimum"):
+        server.collect_masked(keep)
+
+
+# ---------------------------------------------------------------- tampering and replay
+
+
+def _flip(blob: bytes, pos: int = 20) -> bytes:
+    return blob[:pos] + bytes([blob[pos] ^ 1]) + blob[pos + 1 :]
+
+
+def test_tampered_ciphertext_fails_and_sender_is_treated_as_dropped() -> None:
+    vectors = _vectors(6, 32)
+    params = resolve_params(6, 32)
+    ids = sorted(vectors)
+    victim_rcpt, bad_sender = ids[0], ids[3]
+
+    def tamper(stage: str, node: int, payload: dict[str, Any]) -> dict[str, Any]:
+        if stage == "masked_input" and node == victim_rcpt:
+            msg = decode(payload)
+            cts = [
+                _flip(c) if s == bad_sender else c
+                for s, c in zip(msg.senders, msg.ciphertexts, strict=True)
+            ]
+            payload = {**payload, "ciphertexts": cts}
+        return payload
+
+    result = run_local_round(vectors, params, tamper=tamper)
+    assert bad_sender not in result.contributors
+    assert "rejected" in result.dropped[bad_sender]
+    assert len(result.contributors) == 5
+    _check(result, vectors, params)
+
+
+def test_replayed_ciphertext_from_another_round_fails_authentication() -> None:
+    vectors = _vectors(5, 16)
+    params = resolve_params(5, 16)
+    ids = sorted(vectors)
+    rcpt, sender = ids[1], ids[2]
+    captured: dict[str, bytes] = {}
+
+    def record(stage: str, node: int, payload: dict[str, Any]) -> dict[str, Any]:
+        if stage == "masked_input" and node == rcpt:
+            msg = decode(payload)
+            captured["ct"] = msg.ciphertexts[msg.senders.index(sender)]
+        return payload
+
+    first = run_local_round(vectors, params, round_id=1, tamper=record)
+    assert len(first.contributors) == 5
+
+    def replay(stage: str, node: int, payload: dict[str, Any]) -> dict[str, Any]:
+        if stage == "masked_input" and node == rcpt:
+            msg = decode(payload)
+            cts = list(msg.ciphertexts)
+            cts[msg.senders.index(sender)] = captured["ct"]
+            payload = {**payload, "ciphertexts": cts}
+        return payload
+
+    second = run_local_round(vectors, params, round_id=2, tamper=replay)
+    assert sender not in second.contributors and "rejected" in second.dropped[sender]
+    _check(second, vectors, params)
+
+
+def test_ciphertext_moved_to_another_recipient_fails() -> None:
+    """Same round, same keys: a bundle for w handed to v does not authenticate."""
+    vectors = _vectors(5, 8)
+    params = resolve_params(5, 8)
+    server = SecAggServer(sorted(vectors), params, run_id="x", round_id=1)
+    clients = {i: SecAggClient(i) for i in vectors}
+    setup = server.setup()
+    keys = server.collect_keys({i: c.setup(setup) for i, c in clients.items()})
+    shares = {i: clients[i].share_keys(keys[i]) for i in clients}
+    fwd = server.collect_shares(shares)
+    a, b, c = sorted(vectors)[:3]
+    to_c = shares[a].ciphertexts[shares[a].recipients.index(c)]
+    moved = type(fwd[b])(
+        fwd[b].senders,
+        [to_c if s == a else ct for s, ct in zip(fwd[b].senders, fwd[b].ciphertexts, strict=True)],
+    )
+    assert clients[b].masked_input(moved, vectors[b]).rejected == (a,)
+
+
+# ---------------------------------------------------------------- signatures
+
+
+def _identities(ids: list[int]) -> dict[int, Ed25519PrivateKey]:
+    return {i: Ed25519PrivateKey.generate() for i in ids}
+
+
+def test_signed_keys_round_succeeds() -> None:
+    vectors = _vectors(5, 16)
+    idk = _identities(sorted(vectors))
+    params = resolve_params(5, 16)
+    result = run_local_round(vectors, params, identity_keys=idk)
+    assert len(result.contributors) == 5
+    _check(result, vectors, params)
+
+
+def test_server_drops_node_whose_signature_does_not_match_known_key() -> None:
+    vectors = _vectors(5, 16)
+    ids = sorted(vectors)
+    idk = _identities(ids)
+    params = resolve_params(5, 16)
+    server_view = {i: k.public_key() for i, k in idk.items()}
+    server_view[ids[2]] = Ed25519PrivateKey.generate().public_key()  # impostor
+    server = SecAggServer(ids, params, run_id="s", round_id=1, identity_keys=server_view)
+    result = run_local_round(
+        vectors, params, identity_keys=idk, trusted_keys=server_view, server=server
+    )
+    assert ids[2] not in result.contributors and "signature" in result.dropped[ids[2]]
+    _check(result, vectors, params)
+
+
+def test_client_aborts_on_forged_neighbour_signature() -> None:
+    vectors = _vectors(4, 4)
+    ids = sorted(vectors)
+    idk = _identities(ids)
+    public = {i: k.public_key() for i, k in idk.items()}
+    params = resolve_params(4, 4)
+    server = SecAggServer(ids, params, run_id="s", round_id=1, identity_keys=public)
+    clients = {i: SecAggClient(i, identity_key=idk[i], trusted_keys=public) for i in ids}
+    setup = server.setup()
+    keys = server.collect_keys({i: c.setup(setup) for i, c in clients.items()})
+    msg = keys[ids[0]]
+    forged = type(msg)(msg.node_ids, msg.c_pks, msg.s_pks, [bytes(64)] + msg.signatures[1:])
+    with pytest.raises(SecAggAbort, match="signature"):
+        clients[ids[0]].share_keys(forged)
+
+
+# ---------------------------------------------------------------- state and ordering
+
+
+def test_client_state_is_flat_and_round_trips_mid_round() -> None:
+    vectors = _vectors(4, 8)
+    params = resolve_params(4, 8)
+    _, clients, _ = _run_to_masked(vectors, params)
+    client = next(iter(clients.values()))
+    state = client.to_state()
+    assert all(type(v) in (bytes, int, str) for v in state.values())
+    again = SecAggClient.from_state(state)
+    assert again.to_state() == state and again.stage == "masked"
+
+
+def test_stages_out_of_order_are_protocol_errors() -> None:
+    vectors = _vectors(3, 4)
+    server = SecAggServer(sorted(vectors), resolve_params(3, 4), run_id="o", round_id=1)
+    with pytest.raises(SecAggProtocolError, match="stage"):
+        server.collect_keys({})
+    client = SecAggClient(sorted(vectors)[0])
+    with pytest.raises(SecAggProtocolError, match="stage"):
+        client.unmask(UnmaskRequestMsg((), ()))
+
+
+def test_malformed_reply_drops_only_its_sender() -> None:
+    vectors = _vectors(6, 8)
+    params = resolve_params(6, 8)
+    ids = sorted(vectors)
+    server = SecAggServer(ids, params, run_id="m", round_id=1)
+    clients = {i: SecAggClient(i) for i in ids}
+    setup = server.setup()
+    replies: dict[int, Any] = {i: encode(c.setup(setup)) for i, c in clients.items()}
+    replies[ids[0]] = {**replies[ids[0]], "c_pk": b"short"}
+    replies[ids[1]] = {**replies[ids[1]], "node_id": ids[2]}
+    server.collect_keys(replies)
+    assert set(server.dropped) == {ids[0], ids[1]}
+    assert "c_pk" in server.dropped[ids[0]] and "claims" in server.dropped[ids[1]]
