@@ -75,8 +75,42 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: flo
     raise LaunchError(f"port {port} did not open within {timeout:.0f}s (log: {log})")
 
 
+def descendants(pid: int) -> list[int]:
+    """All processes below `pid` (Linux /proc), gathered before a kill orphans them.
+
+    Ray starts agents in their own process groups, so killing our group alone leaves them running.
+    """
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_tree(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    """Send `sig` to a process, its group and every descendant (a crash, for fault tests)."""
+    pids = descendants(proc.pid)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
 def stop_process_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """SIGTERM the whole session, then SIGKILL what survives (Ray agents ignore SIGTERM)."""
+    """SIGTERM the whole tree, then SIGKILL what survives (Ray agents ignore SIGTERM)."""
+    tree = descendants(proc.pid)
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -84,6 +118,9 @@ def stop_process_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> Non
             proc.wait(timeout=grace)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+    for pid in tree + descendants(proc.pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace)
 
@@ -181,6 +218,13 @@ class SuperLink:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process_group(self.proc)
+
+    def kill(self) -> None:
+        """SIGKILL the SuperLink and everything it started: a server crash."""
+        if self.proc is not None:
+            kill_tree(self.proc)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
 
     def __enter__(self) -> SuperLink:
         return self.start()
