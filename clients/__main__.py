@@ -83,7 +83,8 @@ def _fail(msg: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedguard-node", description="Run and inspect a fedguard node.")
+    p = argparse.ArgumentParser(prog="fedguard-node",
+                                description="Run and inspect a fedguard node.")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("start", help="start a Flower SuperNode for this node's data")
     s.add_argument("--superlink", default="127.0.0.1:9092", help="SuperLink Fleet API address")
