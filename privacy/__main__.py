@@ -1,0 +1,215 @@
+"""``fedguard-policy``: check a run against policy packs, list rules, verify audit logs and
+provenance records.
+
+Exit codes: 0 ok, 1 a check failed (a failing rule, a broken audit chain, a bad record),
+2 bad input (one line on stderr, never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import tomllib
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any, NoReturn
+
+from privacy.audit import AuditError, AuditLog
+from privacy.manifest import Manifest, ManifestError, load_manifest
+from privacy.policy import (
+    PolicyError,
+    RunFacts,
+    audit_verdicts,
+    evaluate,
+    load_packs,
+    load_run_config,
+)
+from privacy.provenance import ProvenanceError, load_record, verify_record
+from privacy.signing import SigningError
+
+PROG = "fedguard-policy"
+_INPUT_ERRORS = (ManifestError, PolicyError, ProvenanceError, AuditError, SigningError)
+
+
+class UsageError(Exception):
+    """Bad command-line usage; reported as one line with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="fedguard policy checks and verification")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    check = sub.add_parser("check", help="evaluate a run config and manifests against packs")
+    check.add_argument("--run-config", required=True, type=Path, help="TOML of run config keys")
+    check.add_argument(
+        "--manifest", action="append", required=True, metavar="[NODE=]FILE",
+        help="a node's manifest (repeat); node name defaults to the file stem",
+    )
+    _pack_args(check)
+    check.add_argument("--param", action="append", default=[], metavar="PACK.NAME=VALUE",
+                       help="override a pack threshold, e.g. baseline.max-epsilon=5")
+    check.add_argument("--lang", choices=("en", "zh"), default="en")
+    check.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
+    check.add_argument("--out", type=Path, help="write the report here instead of stdout")
+    check.add_argument("--today", help="evaluation date YYYY-MM-DD (default: today, UTC)")
+    check.add_argument("--audit-log", type=Path, help="also append every verdict to this log")
+
+    lister = sub.add_parser("list-rules", help="list the rules of the selected packs")
+    _pack_args(lister)
+    lister.add_argument("--lang", choices=("en", "zh"), default="en")
+
+    audit = sub.add_parser("verify-audit", help="verify a hash-chained audit log")
+    audit.add_argument("log", type=Path)
+    audit.add_argument("--public-key", help="base64 Ed25519 key the head must be signed with")
+
+    prov = sub.add_parser("verify-provenance", help="verify a signed provenance record")
+    prov.add_argument("record", type=Path)
+    prov.add_argument("--model", type=Path, help="model file whose SHA-256 must match")
+    prov.add_argument("--public-key", help="base64 Ed25519 key the record must be signed with")
+    return parser
+
+
+def _pack_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--packs", help="comma-separated packs (default: run config policy-packs, "
+                   "else baseline); 'all' for every pack")
+    p.add_argument("--pack-dir", action="append", default=[], type=Path,
+                   help="directory of extra .toml packs (repeat)")
+
+
+def _parse_params(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--param {item!r} must look like baseline.max-epsilon=5")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        out[key.strip()] = value
+    return out
+
+
+def _manifests(specs: Sequence[str]) -> dict[str, Manifest]:
+    out: dict[str, Manifest] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).stem, spec
+        if not name or not path:
+            raise UsageError(f"--manifest {spec!r} must be FILE or NODE=FILE")
+        if name in out:
+            raise UsageError(f"node {name!r} given twice; name them with NODE=FILE")
+        out[name] = load_manifest(path)
+    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    config = load_run_config(args.run_config)
+    run = RunFacts.from_config(config)
+    manifests = _manifests(args.manifest)
+    packs = load_packs(args.packs or run.policy_packs or "baseline", args.pack_dir,
+                       _parse_params(args.param))
+    today = None
+    if args.today:
+        try:
+            today = date.fromisoformat(args.today)
+        except ValueError:
+            raise UsageError(f"--today {args.today!r} is not a date; use YYYY-MM-DD") from None
+    report = evaluate(run, manifests, packs, today=today)
+    if args.audit_log:
+        audit_verdicts(AuditLog(args.audit_log), report)
+    text = report.to_json(args.lang) + "\n" if args.json else report.to_markdown(args.lang)
+    if args.out:
+        _write_atomic(args.out, text)
+        counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())
+        verdict = "FAIL" if report.run_failed else "PASS"
+        print(f"{verdict}: {counts}; report written to {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 1 if report.run_failed else 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    packs = load_packs(args.packs or "all", args.pack_dir)
+    for pack in packs:
+        print(f"# {pack.name} {pack.version}: {pack.title[args.lang] or pack.name}")
+        for r in pack.rules:
+            print(f"{r.pid or '-':4} {r.id:34} {r.severity:5} {r.scope:4} {r.title[args.lang]}"
+                  f"  [{r.citation}]")
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    result = AuditLog(args.log).verify(trusted_public_key=args.public_key)
+    if result.ok:
+        print(f"audit log {args.log}: OK, {result.count} entries, chain and head intact")
+        return 0
+    where = f" at line {result.first_bad}" if result.first_bad else ""
+    print(f"audit log {args.log}: FAILED{where}: {result.reason}")
+    return 1
+
+
+def _cmd_provenance(args: argparse.Namespace) -> int:
+    if args.model is not None and not args.model.is_file():
+        raise UsageError(f"model file {args.model} not found; pass the model the record names")
+    check = verify_record(load_record(args.record), args.model, args.public_key)
+    if check.ok:
+        extra = " and model file matches" if args.model else ""
+        print(f"provenance record {args.record}: OK, signed by key {check.key_id}{extra}")
+        return 0
+    print(f"provenance record {args.record}: FAILED: {'; '.join(check.reasons)}")
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _build_parser().parse_args(argv)
+        handler = {
+            "check": _cmd_check,
+            "list-rules": _cmd_list,
+            "verify-audit": _cmd_audit,
+            "verify-provenance": _cmd_provenance,
+        }[args.command]
+        return handler(args)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except _INPUT_ERRORS as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `fedguard-policy list-rules | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:
+        print(f"{PROG}: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
