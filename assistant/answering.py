@@ -23,13 +23,14 @@ from assistant.retrieval import Hit, get_index
 MAX_QUESTION_CHARS = 2000
 
 # Confidence = logistic(w . features + bias), features from `confidence_features`: coverage (the
-# idf-weighted share of the question's content words found in the entry), log(1 + BM25 score)
-# (absolute evidence), margin (relative lead over the runner-up) and a Chinese-question flag
+# idf-weighted share of the question's content words found in the entry), log(1 + strength)
+# (absolute evidence: the BM25 score divided by the largest idf, so it does not grow with KB
+# size), margin (relative lead over the runner-up) and a Chinese-question flag
 # (Chinese queries carry more tokens, so their raw scores run higher). The weights are a logistic
 # regression fitted on tests/data/assistant_eval.yaml with `scripts/eval_assistant.py --fit`,
 # which also prints the leave-one-out accuracy so the fit can be checked for overfitting.
-CONF_WEIGHTS = (1.09, 2.39, 0.60, -1.23)
-CONF_BIAS = -7.91
+CONF_WEIGHTS = (1.37, 2.71, 0.28, -0.88)
+CONF_BIAS = -4.52
 THRESHOLD = 0.5
 
 DISCLAIMER: dict[Lang, str] = {
@@ -123,13 +124,13 @@ def topic_label(topic: str, lang: Lang) -> str:
 
 
 def confidence_features(hits: Sequence[Hit], lang: Lang) -> tuple[float, float, float, float]:
-    """(coverage, log1p(score), margin, is_zh) of the top hit; all zero when nothing matched."""
+    """(coverage, log1p(strength), margin, is_zh) of the top hit; zeros when nothing matched."""
     if not hits:
         return (0.0, 0.0, 0.0, 0.0)
     top = hits[0]
     runner_up = hits[1].score if len(hits) > 1 else 0.0
     margin = (top.score - runner_up) / top.score if top.score > 0 else 0.0
-    return (top.coverage, math.log1p(top.score), margin, 1.0 if lang == "zh" else 0.0)
+    return (top.coverage, math.log1p(top.strength), margin, 1.0 if lang == "zh" else 0.0)
 
 
 def confidence(hits: Sequence[Hit], lang: Lang) -> float:

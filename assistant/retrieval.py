@@ -202,8 +202,9 @@ class Hit:
     """One ranked entry with the evidence the confidence score is computed from."""
 
     entry: Entry
-    score: float
-    coverage: float  # idf-weighted share of the query's tokens that the entry contains
+    score: float  # combined BM25 score, used for ranking
+    coverage: float  # idf-weighted share of the query's content words that the entry contains
+    strength: float  # score in units of the largest possible idf, comparable across KB sizes
 
 
 class SearchIndex:
@@ -249,13 +250,15 @@ class SearchIndex:
         order = np.argsort(-total, kind="stable")[:k]
         units = [(u, bigrams, self._weight(u, bigrams)) for u, bigrams in query_units(question)]
         weight_sum = sum(w for _, _, w in units) or 1.0
+        unit = self._questions.unseen_idf()
         hits = []
         for i in order:
             if total[i] <= 0:
                 break
             vocab = self._vocab[i]
             covered = sum(w for u, bg, w in units if u in vocab or (bg and vocab.issuperset(bg)))
-            hits.append(Hit(self.kb.entries[i], float(total[i]), covered / weight_sum))
+            score = float(total[i])
+            hits.append(Hit(self.kb.entries[i], score, covered / weight_sum, score / unit))
         return hits
 
     def _idf(self, token: str) -> float:
