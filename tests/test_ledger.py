@@ -221,6 +221,8 @@ def test_sigkill_never_loses_an_acknowledged_release(tmp_path: Path) -> None:
             proc.wait()
             acked.extend(_parse_ack(line) for line in proc.stdout.read().splitlines())
             proc.stdout.close()
+            assert proc.stdin is not None
+            proc.stdin.close()
             assert proc.returncode == -signal.SIGKILL
 
         stored = {(e.id, e.run_id, e.round) for e in PrivacyLedger(path).releases()}
@@ -236,7 +238,8 @@ def test_sigkill_never_loses_an_acknowledged_release(tmp_path: Path) -> None:
 
 def _start_writer(path: Path, run_id: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, str(WRITER), str(path), run_id],
+        [sys.executable, str(WRITER), str(path), run_id, "60"],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": str(REPO)},
