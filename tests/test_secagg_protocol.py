@@ -413,3 +413,30 @@ def test_malformed_reply_drops_only_its_sender() -> None:
     server.collect_keys(replies)
     assert set(server.dropped) == {ids[0], ids[1]}
     assert "c_pk" in server.dropped[ids[0]] and "claims" in server.dropped[ids[1]]
+
+
+def test_disconnected_survivor_graph_aborts_before_any_secret_is_revealed() -> None:
+    """Ring graph (k=2): two opposite dropouts cut it in two; each half's sum would leak."""
+    from privacy.secagg.graph import ring_order
+
+    vectors = _vectors(10, 8)
+    params = resolve_params(10, 8, num_neighbours=2)
+    server = SecAggServer(sorted(vectors), params, run_id="ring", round_id=1)
+    ring = ring_order(server.node_ids, server.setup_msg.graph_seed)
+    cut = [ring[0], ring[5]]  # every survivor still has 2 of its 3 holders
+    with pytest.raises(SecAggAbort, match="disconnected"):
+        run_local_round(vectors, params, drop_after={"share_keys": cut}, server=server)
+    assert server.survivors == ()  # no unmask request was ever produced
+
+
+def test_client_refuses_unmask_for_disconnected_survivors() -> None:
+    from privacy.secagg.graph import ring_order
+
+    vectors = _vectors(10, 4)
+    params = resolve_params(10, 4, num_neighbours=2)
+    server, clients, _ = _run_to_masked(vectors, params)
+    ring = ring_order(server.node_ids, server.setup_msg.graph_seed)
+    survivors = tuple(sorted(ring[1:5] + ring[6:]))
+    request = UnmaskRequestMsg(survivors, (ring[0], ring[5]))
+    with pytest.raises(SecAggAbort, match="not connected"):
+        clients[ring[1]].unmask(request)

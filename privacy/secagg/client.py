@@ -21,7 +21,13 @@ from privacy.secagg.errors import (
     SecAggInputError,
     SecAggProtocolError,
 )
-from privacy.secagg.graph import neighbour_map, pack_ids, share_group, unpack_ids
+from privacy.secagg.graph import (
+    is_connected,
+    neighbour_map,
+    pack_ids,
+    share_group,
+    unpack_ids,
+)
 from privacy.secagg.messages import (
     SHARE_PLAINTEXT_BYTES,
     AdvertiseKeysMsg,
@@ -276,6 +282,17 @@ class SecAggClient:
             )
         if set(msg.survivors) & set(msg.dropped):  # also checked by decode; never trust it
             raise SecAggProtocolError("unmask request names a node as both survivor and dropped")
+        assert self.setup_msg is not None
+        everyone = neighbour_map(
+            self.setup_msg.node_ids, params.num_neighbours, self.setup_msg.graph_seed
+        )
+        if not set(msg.survivors) <= everyone.keys() or not is_connected(
+            set(msg.survivors), everyone
+        ):
+            raise SecAggAbort(
+                "survivors named by the server are unknown or not connected in the neighbour "
+                "graph (unmasking would expose partial sums); refusing to unmask"
+            )
         self.stage = "done"  # set first: a second request must never be answered
         held = dict(self.held)
         held[self.node_id] = (self.own_seed_share, self.own_key_share)

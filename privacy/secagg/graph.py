@@ -61,3 +61,23 @@ def share_group(node: int, neighbours: frozenset[int]) -> tuple[int, ...]:
 def share_index(node: int, neighbours: frozenset[int], holder: int) -> int:
     """Shamir x-coordinate of `holder`'s share of `node`'s secrets."""
     return share_group(node, neighbours).index(holder) + 1
+
+
+def is_connected(nodes: set[int] | frozenset[int], neighbours: dict[int, frozenset[int]]) -> bool:
+    """True if the subgraph induced on `nodes` is connected.
+
+    The pairwise masks among survivors hide individual inputs only within a connected
+    component; on a disconnected survivor graph the server would learn each component's sum.
+    """
+    if not nodes:
+        return False
+    start = next(iter(nodes))
+    seen = {start}
+    todo = [start]
+    while todo:
+        u = todo.pop()
+        for v in neighbours[u]:
+            if v in nodes and v not in seen:
+                seen.add(v)
+                todo.append(v)
+    return len(seen) == len(nodes)

@@ -19,7 +19,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from privacy.secagg import crypto
 from privacy.secagg.client import TrustedKeys, _as_public, mod_mask, pair_sign
 from privacy.secagg.errors import SecAggAbort, SecAggConfigError, SecAggProtocolError
-from privacy.secagg.graph import MAX_NODE_ID, neighbour_map, pack_ids, share_group
+from privacy.secagg.graph import (
+    MAX_NODE_ID,
+    is_connected,
+    neighbour_map,
+    pack_ids,
+    share_group,
+)
 from privacy.secagg.messages import (
     AdvertiseKeysMsg,
     ForwardedSharesMsg,
@@ -253,8 +259,13 @@ class SecAggServer:
             if r in responders:
                 self.dropped.setdefault(r, f"masked input: its share bundle was rejected by {by}")
         self._require(len(survivors), "are in the sum")
-        self.survivors = tuple(survivors)
         surv = set(survivors)
+        if not is_connected(surv, self.neighbours):
+            raise SecAggAbort(
+                "the surviving nodes' mask graph is disconnected, so unmasking would expose "
+                "partial sums; ending this round (raise num_neighbours)"
+            )
+        self.survivors = tuple(survivors)
         needed = set().union(*(self.mask_sets[v] for v in survivors)) - surv
         self.reveal_keys_of = tuple(sorted(needed))
         request = UnmaskRequestMsg(self.survivors, self.reveal_keys_of)
