@@ -276,20 +276,40 @@ class PrivateTraining:
         return Release(self.noise_multiplier, self.sample_rate, steps)
 
 
-def _secure_engine(accountant: str) -> tuple[PrivacyEngine, str]:
-    """Opacus secure mode: torchcsprng if installed, else a secret-seeded torch generator.
+def _secret_generator() -> torch.Generator:
+    """A torch generator seeded from the OS CSPRNG, independent of any run-config seed.
 
-    The fallback keeps Opacus' floating-point-attack-resistant noise sampling and makes the
-    noise and Poisson sampling unpredictable (seed from ``secrets``), but the generator is
-    torch's Mersenne Twister, not a CSPRNG; ``PrivateTraining.rng`` says which one is used.
+    Nodes seed torch's global RNG from the run config for reproducibility, and the server
+    knows that seed: noise or Poisson batches drawn from the global RNG could be replayed
+    and subtracted. So DP randomness never comes from the global RNG.
     """
-    try:
-        return PrivacyEngine(accountant=accountant, secure_mode=True), "torchcsprng /dev/urandom"
-    except ImportError:
-        engine = PrivacyEngine(accountant=accountant, secure_mode=False)
-        engine.secure_mode = True
-        engine.secure_rng = torch.Generator().manual_seed(secrets.randbits(63))
-        return engine, "torch.Generator seeded from secrets (torchcsprng not installed)"
+    return torch.Generator().manual_seed(secrets.randbits(63))
+
+
+def _engine(
+    accountant: str, secure_mode: bool
+) -> tuple[PrivacyEngine, torch.Generator | None, str]:
+    """PrivacyEngine whose noise and Poisson sampling use a secret-seeded generator.
+
+    Returns ``(engine, noise_generator to pass to make_private, description)``.
+    ``secure_mode`` uses torchcsprng when installed (Opacus' own secure mode). Without it we
+    keep Opacus' floating-point-attack-resistant noise sampling (``engine.secure_mode``)
+    with a secret-seeded torch generator: unpredictable, but a Mersenne Twister rather than
+    a CSPRNG; the description says which one is used.
+    """
+    if secure_mode:
+        try:
+            engine = PrivacyEngine(accountant=accountant, secure_mode=True)
+            return engine, None, "torchcsprng /dev/urandom (Opacus secure mode)"
+        except ImportError:
+            engine = PrivacyEngine(accountant=accountant, secure_mode=False)
+            engine.secure_mode = True  # robust noise sampling; make_private reads the flag
+            engine.secure_rng = _secret_generator()  # Opacus draws noise and batches from it
+            return engine, None, "torch.Generator seeded from secrets, secure noise sampling"
+    engine = PrivacyEngine(accountant=accountant, secure_mode=False)
+    generator = _secret_generator()
+    engine.secure_rng = generator  # Opacus' Poisson loader takes its generator from here
+    return engine, generator, "torch.Generator seeded from secrets"
 
 
 def make_private(
@@ -306,7 +326,7 @@ def make_private(
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         raise DPConfigError(
-            f"model cannot be trained with DP-SGD: {errors[0]}; "
+            f"model cannot be trained with DP-SGD: {str(errors[0]).splitlines()[0]}; "
             "replace BatchNorm with GroupNorm (opacus ModuleValidator.fix does this)"
         )
     criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
@@ -314,10 +334,7 @@ def make_private(
     with warnings.catch_warnings():
         # Opacus warns about its RNG on every engine; PrivateTraining.rng reports it instead.
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
-        if cfg.secure_mode:
-            engine, rng = _secure_engine(cfg.accountant)
-        else:
-            engine, rng = PrivacyEngine(accountant=cfg.accountant), "torch default generator"
+        engine, noise_generator, rng = _engine(cfg.accountant, cfg.secure_mode)
         out = engine.make_private(
             module=model,
             optimizer=optimizer,
@@ -326,6 +343,7 @@ def make_private(
             noise_multiplier=float(noise_multiplier),
             max_grad_norm=cfg.max_grad_norm,
             poisson_sampling=cfg.poisson_sampling,
+            noise_generator=noise_generator,
             grad_sample_mode=mode,
         )
     if mode == "ghost":

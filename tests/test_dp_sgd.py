@@ -183,8 +183,24 @@ def test_secure_mode_reports_its_generator_and_trains() -> None:
     t = make_private(model, _sgd(model), _loader(16, x, y), 1.0, cfg)
     _epoch(t)
     assert t.engine.secure_mode is True
-    assert "secrets" in t.rng or "torchcsprng" in t.rng
+    assert "secure" in t.rng
     assert t.steps_taken == 6
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_dp_noise_cannot_be_replayed_from_the_run_seed(secure: bool) -> None:
+    """Same data, model and global seed (the server knows it) must still give new noise."""
+    x, y = _data()
+    results = []
+    for _ in range(2):
+        torch.manual_seed(42)  # what a node does with the run config's seed
+        model = _model()
+        cfg = DPSGDConfig(enabled=True, secure_mode=secure, poisson_sampling=True)
+        t = make_private(model, _sgd(model), _loader(16, x, y), 5.0, cfg)
+        torch.manual_seed(42)
+        _epoch(t)
+        results.append(torch.cat([p.detach().ravel() for p in model.parameters()]))
+    assert not torch.allclose(results[0], results[1])
 
 
 def test_model_with_batchnorm_is_refused_with_a_fix() -> None:
