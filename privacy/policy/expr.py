@@ -260,8 +260,9 @@ def compile_expr(source: Any, names: Collection[str] | None = None) -> Expr:
         raise ExprError("condition is empty; write e.g. 'run.dp' or 'True'")
     if len(source) > MAX_SOURCE:
         raise ExprError(f"condition is longer than {MAX_SOURCE} characters; split the rule")
+    source = " ".join(source.split("\n")).replace("\r", " ").strip()  # TOML multi-line strings
     try:
-        tree = ast.parse(source.strip(), mode="eval")
+        tree = ast.parse(source, mode="eval")
     except SyntaxError as exc:
         raise ExprError(f"condition {source[:80]!r} is not valid syntax ({exc.msg})") from None
     except (ValueError, RecursionError, MemoryError):
@@ -269,9 +270,9 @@ def compile_expr(source: Any, names: Collection[str] | None = None) -> Expr:
     count = sum(1 for _ in ast.walk(tree))
     if count > MAX_NODES:
         raise ExprError(f"condition has {count} parts (max {MAX_NODES}); split the rule")
-    validator = _Validator(source.strip(), names)
+    validator = _Validator(source, names)
     validator.check(tree)
-    return Expr(source.strip(), tree, frozenset(validator.used))
+    return Expr(source, tree, frozenset(validator.used))
 
 
 class _Eval:
