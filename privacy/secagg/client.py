@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from privacy.secagg import crypto
 from privacy.secagg.errors import (
@@ -192,9 +193,10 @@ class SecAggClient:
         self.own_seed_share, self.own_key_share = seed_shares[mine], key_shares[mine]
         recipients: list[int] = []
         ciphertexts: list[bytes] = []
+        c_sk = X25519PrivateKey.from_private_bytes(self.c_sk)
         for nid in sorted(self.nbr_keys):
             try:
-                key = crypto.agree(self.c_sk, self.nbr_keys[nid][0], b"share-enc", ctx)
+                key = crypto.agree(c_sk, self.nbr_keys[nid][0], b"share-enc", ctx)
             except crypto.CryptoFailure:
                 continue  # unusable key: that neighbour will be rejected in the next stage
             i = group.index(nid)
@@ -211,16 +213,23 @@ class SecAggClient:
         commit = crypto.commit_seed(ctx, self.node_id, self.seed)
         return ShareKeysMsg(self.node_id, tuple(recipients), ciphertexts, commit)
 
-    def _open_bundle(self, sender: int, blob: bytes, ctx: bytes) -> tuple[bytes, bytes, bytes]:
+    def _open_bundle(
+        self,
+        sender: int,
+        blob: bytes,
+        ctx: bytes,
+        sks: tuple[X25519PrivateKey, X25519PrivateKey],
+    ) -> tuple[bytes, bytes, bytes]:
         """Decrypt a bundle -> (seed share, key share, pair mask key); CryptoFailure if bad."""
         c_pk, s_pk = self.nbr_keys[sender]
-        key = crypto.agree(self.c_sk, c_pk, b"share-enc", ctx)
+        c_sk, s_sk = sks
+        key = crypto.agree(c_sk, c_pk, b"share-enc", ctx)
         pt = crypto.open_sealed(key, blob, crypto.associated_data(ctx, sender, self.node_id))
         if len(pt) != SHARE_PLAINTEXT_BYTES or pt[:16] != (
             sender.to_bytes(8, "big") + self.node_id.to_bytes(8, "big")
         ):
             raise crypto.CryptoFailure("bundle addressed to another pair")
-        mask_key = crypto.agree(self.s_sk, s_pk, b"pair-mask", ctx)
+        mask_key = crypto.agree(s_sk, s_pk, b"pair-mask", ctx)
         return pt[16 : 16 + _S], pt[16 + _S :], mask_key
 
     def masked_input(self, msg: ForwardedSharesMsg, vector: np.ndarray) -> MaskedInputMsg:
@@ -239,11 +248,15 @@ class SecAggClient:
         )
         rejected: list[int] = []
         mask_keys: dict[int, bytes] = {}
+        sks = (
+            X25519PrivateKey.from_private_bytes(self.c_sk),
+            X25519PrivateKey.from_private_bytes(self.s_sk),
+        )
         for sender, blob in zip(msg.senders, msg.ciphertexts, strict=True):
             if sender not in self.nbr_keys:
                 raise SecAggProtocolError(f"server forwarded a bundle from non-neighbour {sender}")
             try:
-                seed_share, key_share, mask_keys[sender] = self._open_bundle(sender, blob, ctx)
+                seed_share, key_share, mask_keys[sender] = self._open_bundle(sender, blob, ctx, sks)
             except crypto.CryptoFailure:
                 rejected.append(sender)
                 continue

@@ -44,12 +44,18 @@ def x25519_public(private_raw: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private_raw).public_key().public_bytes_raw()
 
 
-def agree(private_raw: bytes, peer_public_raw: bytes, purpose: bytes, context: bytes) -> bytes:
-    """X25519 ECDH then HKDF-SHA256 to a 32-byte key bound to purpose and round context."""
+def agree(
+    private: bytes | X25519PrivateKey, peer_public_raw: bytes, purpose: bytes, context: bytes
+) -> bytes:
+    """X25519 ECDH then HKDF-SHA256 to a 32-byte key bound to purpose and round context.
+
+    Pass a loaded X25519PrivateKey when agreeing with many peers: loading raw bytes
+    recomputes the public key and costs as much as the exchange itself.
+    """
+    if isinstance(private, bytes):
+        private = X25519PrivateKey.from_private_bytes(private)
     try:
-        shared = X25519PrivateKey.from_private_bytes(private_raw).exchange(
-            X25519PublicKey.from_public_bytes(peer_public_raw)
-        )
+        shared = private.exchange(X25519PublicKey.from_public_bytes(peer_public_raw))
     except ValueError as exc:  # low-order / malformed public key
         raise CryptoFailure("key agreement failed") from exc
     return HKDF(

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from privacy.secagg import crypto
 from privacy.secagg.client import TrustedKeys, _as_public, mod_mask, pair_sign
@@ -172,7 +173,7 @@ class SecAggServer:
         self._advance("keys")
         got = self._accept(replies, AdvertiseKeysMsg, "advertise keys")
         seen: set[bytes] = set()
-        probe = crypto.new_x25519()[0]
+        probe = X25519PrivateKey.generate()
         for nid in sorted(got):
             msg: AdvertiseKeysMsg = got[nid]
             if self.identity_keys is not None and not crypto.verify(
@@ -326,12 +327,13 @@ class SecAggServer:
     def _unmask_sum(self, seeds: dict[int, bytes], keys: dict[int, bytes]) -> np.ndarray:
         """Sum of survivors' masked vectors minus their self masks and unmatched pair masks."""
         n = self.params.vector_length
+        loaded = {u: X25519PrivateKey.from_private_bytes(sk) for u, sk in keys.items()}
         total = np.zeros(n, dtype=np.uint64)
         for v in self.survivors:
             total += self.masked[v]
             total -= crypto.prg_uint64(crypto.derive_seed_key(seeds[v], self.context), n)
             for u in self.mask_sets[v] & keys.keys():
-                key = crypto.agree(keys[u], self.keys[v][1], b"pair-mask", self.context)
+                key = crypto.agree(loaded[u], self.keys[v][1], b"pair-mask", self.context)
                 mask = crypto.prg_uint64(key, n)
                 if pair_sign(v, u):
                     total -= mask
