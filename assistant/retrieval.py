@@ -11,6 +11,7 @@ and a light suffix-stripping stemmer. The index is built once per process per KB
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -170,18 +171,28 @@ class BM25:
         lengths = np.array([len(d) for d in docs], dtype=float)
         avg = float(lengths.mean()) if len(docs) and lengths.mean() > 0 else 1.0
         norm = K1 * (1 - B + B * lengths / avg)
-        postings: dict[str, list[tuple[int, float]]] = {}
+        vocab: dict[str, int] = {}
+        term_ids: list[int] = []
+        doc_ids: list[int] = []
+        counts: list[int] = []
         for i, doc in enumerate(docs):
             for token, tf in Counter(doc).items():
-                postings.setdefault(token, []).append((i, tf * (K1 + 1) / (tf + norm[i])))
-        self.idf: dict[str, float] = {}
-        self._postings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for token, plist in postings.items():
-            df = len(plist)
-            self.idf[token] = math.log(1 + (self.n_docs - df + 0.5) / (df + 0.5))
-            ids = np.fromiter((p[0] for p in plist), dtype=np.int64, count=df)
-            weights = np.fromiter((p[1] for p in plist), dtype=float, count=df)
-            self._postings[token] = (ids, weights)
+                term_ids.append(vocab.setdefault(token, len(vocab)))
+                doc_ids.append(i)
+                counts.append(tf)
+        terms = np.array(term_ids, dtype=np.int64)
+        order = np.argsort(terms, kind="stable")
+        terms, ids = terms[order], np.array(doc_ids, dtype=np.int64)[order]
+        tf = np.array(counts, dtype=float)[order]
+        weights = tf * (K1 + 1) / (tf + norm[ids])
+        df = np.bincount(terms, minlength=len(vocab))
+        idf = np.log(1 + (self.n_docs - df + 0.5) / (df + 0.5))
+        bounds = np.concatenate(([0], np.cumsum(df))).tolist()
+        self.idf: dict[str, float] = dict(zip(vocab, idf.tolist(), strict=True))
+        self._postings: dict[str, tuple[np.ndarray, np.ndarray]] = {
+            token: (ids[bounds[j] : bounds[j + 1]], weights[bounds[j] : bounds[j + 1]])
+            for token, j in vocab.items()
+        }
 
     def unseen_idf(self) -> float:
         """The idf a token that occurs nowhere would have (df = 0)."""
@@ -210,25 +221,17 @@ class Hit:
 class SearchIndex:
     """BM25 views of a knowledge base; build once with `get_index`, then call `search`."""
 
-    def __init__(self, kb: KnowledgeBase) -> None:
+    def __init__(self, kb: KnowledgeBase, cache_dir: Path | None = None) -> None:
         self.kb = kb
-        entries = kb.entries
-        sentences: list[list[str]] = []
-        owner: list[int] = []
-        questions: list[list[str]] = []
-        answers: list[list[str]] = []
-        self._vocab: list[set[str]] = []
-        for i, e in enumerate(entries):
-            texts = [e.question[lang] for lang in e.question]
-            for lang in e.paraphrases:
-                texts.extend(e.paraphrases[lang])
-            toks = [tokenize(t) for t in texts]
-            sentences.extend(toks)
-            owner.extend([i] * len(toks))
-            questions.append([t for tok in toks for t in tok])
-            answer = tokenize(" ".join([*e.answer.values(), *e.citations]))
-            answers.append(answer)
-            self._vocab.append(set(questions[-1]) | set(answer))
+        tokens = _load_tokens(kb, cache_dir)
+        if tokens is None:
+            tokens = _tokenize_kb(kb)
+            _save_tokens(kb, cache_dir, tokens)
+        sentences, owner, answers = tokens["sentences"], tokens["owner"], tokens["answers"]
+        questions: list[list[str]] = [[] for _ in kb.entries]
+        for doc, i in zip(sentences, owner, strict=True):
+            questions[i].extend(doc)
+        self._vocab = [set(q) | set(a) for q, a in zip(questions, answers, strict=True)]
         self._owner = np.array(owner, dtype=np.int64)
         self._sentences = BM25(sentences)
         self._questions = BM25(questions)
@@ -273,6 +276,62 @@ class SearchIndex:
         if unit in self._questions.idf or unit in self._answers.idf or not bigrams:
             return self._idf(unit)
         return sum(self._idf(b) for b in bigrams) / len(bigrams)
+
+
+def _tokenize_kb(kb: KnowledgeBase) -> dict[str, list]:  # type: ignore[type-arg]
+    """Tokens of every question/paraphrase (with owning entry) and of every answer."""
+    sentences: list[list[str]] = []
+    owner: list[int] = []
+    answers: list[list[str]] = []
+    for i, e in enumerate(kb.entries):
+        texts = [*e.question.values()]
+        for lang in e.paraphrases:
+            texts.extend(e.paraphrases[lang])
+        sentences.extend(tokenize(t) for t in texts)
+        owner.extend([i] * len(texts))
+        answers.append(tokenize(" ".join([*e.answer.values(), *e.citations])))
+    return {"sentences": sentences, "owner": owner, "answers": answers}
+
+
+# Bump when tokenize() changes, so stale token caches are ignored.
+TOKENIZER_VERSION = 1
+
+
+def _cache_file(kb: KnowledgeBase, cache_dir: Path | None) -> Path:
+    directory = cache_dir if cache_dir is not None else _cache_dir()
+    return directory / f"assistant-tokens-v{TOKENIZER_VERSION}-{kb.digest[:24]}.json"
+
+
+def _load_tokens(kb: KnowledgeBase, cache_dir: Path | None) -> dict[str, list] | None:  # type: ignore[type-arg]
+    """Tokenised KB from the disk cache (JSON, keyed by KB digest), or None if absent/bad.
+
+    Tokenising a few hundred bilingual entries with jieba costs most of the cold start; the
+    cache turns it into one file read. JSON (not pickle) so a cache file cannot run code.
+    """
+    try:
+        data = json.loads(_cache_file(kb, cache_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(data, dict)
+        or data.get("digest") != kb.digest
+        or len(data.get("answers", ())) != len(kb.entries)
+        or len(data.get("sentences", ())) != len(data.get("owner", ()))
+    ):
+        return None
+    return data
+
+
+def _save_tokens(kb: KnowledgeBase, cache_dir: Path | None, tokens: dict[str, list]) -> None:  # type: ignore[type-arg]
+    """Write the token cache atomically; a read-only or full disk just means no cache."""
+    path = _cache_file(kb, cache_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"digest": kb.digest, **tokens}, ensure_ascii=False), "utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 _INDEXES: dict[str, SearchIndex] = {}
