@@ -124,6 +124,11 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+def _fmt_budget(budget: float) -> str:
+    """3 -> "3.0", 2.75 -> "2.75": a budget is shown as the operator wrote it."""
+    return f"{budget:.1f}" if budget == round(budget, 1) else f"{budget:g}"
+
+
 def _check_accountant(accountant: str) -> None:
     if accountant not in ACCOUNTANTS:
         raise LedgerError(
@@ -286,16 +291,16 @@ class PrivacyLedger:
         after = self._epsilon([*history, release], delta, accountant)
         what = f"round {round}" if round is not None else "release"
         where = f"(dataset {fingerprint[:_SHORT]})"
+        cap = _fmt_budget(budget)
         allowed = after <= budget
         if allowed:
             message = (
                 f"node accepts {what}: epsilon {before:.2f} -> {after:.2f} "
-                f"<= budget {budget:g} {where}"
+                f"<= budget {cap} {where}"
             )
         else:
             message = (
-                f"node refuses {what}: epsilon would reach {after:.2f} > budget {budget:g} "
-                f"{where}"
+                f"node refuses {what}: epsilon would reach {after:.2f} > budget {cap} {where}"
             )
         return BudgetDecision(allowed, before, after, float(budget), message)
 

@@ -31,7 +31,7 @@ _arrays = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(update=_arrays, clip=st.floats(1e-3, 50.0))
 def test_clipping_bounds_the_global_norm_and_keeps_direction(
     update: list[np.ndarray], clip: float

@@ -86,6 +86,16 @@ def test_check_refuses_the_release_that_would_overspend(ledger: PrivacyLedger) -
     )
 
 
+def test_refusal_message_shows_budget_as_written(ledger: PrivacyLedger) -> None:
+    big = Release(0.5, 1.0, 100)
+    message = ledger.check("abc123" + "0" * 58, big, DELTA, 3.0, round=7).message
+    spend = epsilon([big], DELTA)
+    assert message == (
+        f"node refuses round 7: epsilon would reach {spend:.2f} > budget 3.0 "
+        "(dataset abc123000000)"
+    )
+
+
 def test_releases_table_is_append_only(ledger: PrivacyLedger) -> None:
     ledger.record("run-1", 1, FP, ROUND, DELTA, "rdp")
     con = sqlite3.connect(ledger.path)
