@@ -74,6 +74,31 @@ CREATE TABLE IF NOT EXISTS events (
     data     TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id, id);
+CREATE TABLE IF NOT EXISTS manifests (
+    run_id    TEXT NOT NULL,
+    node_id   TEXT NOT NULL,
+    sha256    TEXT NOT NULL,                  -- of the manifest file's bytes, as the node sent it
+    manifest  TEXT NOT NULL,                  -- JSON of the parsed manifest
+    PRIMARY KEY (run_id, node_id)
+);
+CREATE TABLE IF NOT EXISTS verdicts (
+    run_id    TEXT NOT NULL,
+    rule_id   TEXT NOT NULL,
+    pack      TEXT NOT NULL,
+    node_id   TEXT NOT NULL DEFAULT '',       -- '' for run-level rules
+    verdict   TEXT NOT NULL,                  -- pass | fail | warn | info | not-applicable
+    severity  TEXT NOT NULL,
+    citation  TEXT NOT NULL DEFAULT '',
+    detail    TEXT NOT NULL DEFAULT '{}',     -- JSON: title, message, evidence
+    PRIMARY KEY (run_id, rule_id, pack, node_id)
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    run_id    TEXT NOT NULL,
+    kind      TEXT NOT NULL,                  -- report-md | report-json | provenance | audit-log
+    path      TEXT NOT NULL,
+    sha256    TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (run_id, kind)
+);
 """
 
 
@@ -265,7 +290,61 @@ class RunStore:
                 ),
             )
 
+    def record_manifest(
+        self, run_id: str, node_id: int | str, sha256: str, manifest: Mapping[str, Any]
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?)",
+                (run_id, str(node_id), sha256, _json(dict(manifest))),
+            )
+
+    def record_verdicts(self, run_id: str, rows: list[Mapping[str, Any]]) -> None:
+        """Store policy verdicts: dicts with rule_id, pack, node_id, verdict, severity, ..."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        run_id,
+                        r["rule_id"],
+                        r.get("pack", ""),
+                        str(r.get("node_id") or ""),
+                        r["verdict"],
+                        r.get("severity", ""),
+                        r.get("citation", ""),
+                        _json(r.get("detail", {})),
+                    )
+                    for r in rows
+                ],
+            )
+
+    def set_artifact(self, run_id: str, kind: str, path: str | Path, sha256: str = "") -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?)",
+                (run_id, kind, str(path), sha256),
+            )
+
     # --- reads ------------------------------------------------------------------------------
+    def manifests(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT * FROM manifests WHERE run_id=? ORDER BY node_id", (run_id,))
+        for r in rows:
+            r["manifest"] = json.loads(r["manifest"])
+        return rows
+
+    def verdicts(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self._rows(
+            "SELECT * FROM verdicts WHERE run_id=? ORDER BY node_id, pack, rule_id", (run_id,)
+        )
+        for r in rows:
+            r["detail"] = json.loads(r["detail"])
+        return rows
+
+    def artifacts(self, run_id: str) -> dict[str, dict[str, Any]]:
+        rows = self._rows("SELECT * FROM artifacts WHERE run_id=?", (run_id,))
+        return {r["kind"]: r for r in rows}
+
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         return [dict(r) for r in self._db.execute(sql, args).fetchall()]
 

@@ -78,3 +78,21 @@ def test_checkpoint_is_atomic_and_hash_checked(tmp_path) -> None:
         load_checkpoint(path, sha)
     with pytest.raises(CheckpointError, match="missing"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_manifests_verdicts_and_artifacts_round_trip(tmp_path) -> None:
+    store = RunStore.in_dir(tmp_path)
+    store.start_run("r", {}, num_rounds=1)
+    store.record_manifest("r", 7, "abc", {"dataset": "x", "licence": "CC-BY-4.0"})
+    store.record_verdicts("r", [
+        {"rule_id": "P9", "pack": "baseline", "node_id": 7, "verdict": "fail",
+         "severity": "fail", "citation": "licence terms", "detail": {"evidence": {"l": "NC"}}},
+        {"rule_id": "P5", "pack": "baseline", "node_id": None, "verdict": "pass",
+         "severity": "fail"},
+    ])
+    store.set_artifact("r", "provenance", tmp_path / "p.json", "ff")
+    assert store.manifests("r")[0]["manifest"]["licence"] == "CC-BY-4.0"
+    v = {(x["rule_id"], x["node_id"]): x for x in store.verdicts("r")}
+    assert v[("P9", "7")]["detail"]["evidence"] == {"l": "NC"}
+    assert v[("P5", "")]["verdict"] == "pass"
+    assert store.artifacts("r")["provenance"]["sha256"] == "ff"
