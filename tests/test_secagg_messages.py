@@ -105,7 +105,9 @@ values = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(st.data())
 def test_fuzzed_payloads_raise_only_protocol_errors(data: st.DataObject) -> None:
     base = encode(data.draw(st.sampled_from(VALID)))
@@ -130,7 +132,7 @@ def test_fuzzed_payloads_raise_only_protocol_errors(data: st.DataObject) -> None
     assert _same(decode(encode(msg)), msg)  # anything accepted must be a valid message
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(st.binary(min_size=1, max_size=40), st.integers(0, 40))
 def test_fuzzed_bytes_fields_never_crash(blob: bytes, cut: int) -> None:
     for msg in VALID:
@@ -157,7 +159,7 @@ def _midround_state() -> dict[str, Any]:
 STATE = _midround_state()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(st.data())
 def test_corrupt_client_state_raises_only_protocol_errors(data: st.DataObject) -> None:
     state = dict(STATE)
@@ -189,7 +191,7 @@ def _client_at(stage: str) -> tuple[SecAggClient, Any]:
 node_ids = st.sampled_from([*IDS, 12345])
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(
     st.lists(
         st.tuples(
@@ -213,7 +215,7 @@ def test_hostile_keys_message_raises_only_secagg_errors(entries: list, sig: byte
         assert set(reply.recipients) <= set(IDS[1:])
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(
     st.lists(
         st.tuples(node_ids, st.binary(min_size=CIPHERTEXT_BYTES, max_size=CIPHERTEXT_BYTES)),
