@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -167,10 +168,9 @@ class PrivacyLedger:
                 if "meta" in tables:
                     row = con.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
                 elif not tables:  # a new (or empty) file becomes a ledger
+                    # IF NOT EXISTS everywhere: two processes may create it at once.
                     con.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
                     row = (SCHEMA_ID,)
-                if row is not None and row[0] == SCHEMA_ID:
-                    con.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")  # idempotent
         except sqlite3.DatabaseError as exc:
             raise LedgerError(
                 f"{self.path} is not a usable fedguard privacy ledger ({exc}); "
@@ -340,13 +340,15 @@ class PrivacyLedger:
 
     # -- reporting --------------------------------------------------------------------------
 
-    def summary(self, delta: float | None = None, accountant: str = "rdp") -> list[dict]:
+    def summary(
+        self, delta: float | None = None, accountant: str = "rdp"
+    ) -> list[dict[str, Any]]:
         """One row per (dataset, run): rounds, steps and cumulative epsilon after that run.
 
         ``delta`` defaults to the smallest delta recorded for the dataset (the strictest).
         """
         entries = self.releases()
-        rows: list[dict] = []
+        rows: list[dict[str, Any]] = []
         by_dataset: dict[str, list[LedgerEntry]] = {}
         for e in entries:
             by_dataset.setdefault(e.fingerprint, []).append(e)
