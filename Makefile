@@ -5,9 +5,16 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedguard-installed
 export FLWR_HOME := $(CURDIR)/.flwr-home
 
-.PHONY: demo test test-fast lint ui bench clean install
+.PHONY: demo test test-fast lint ui bench clean install browser
 
 install: $(STAMP)
+
+# The browser test drives Debian's Chromium; install it when missing (CI runs as root).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian chromium for the browser test"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 
 # torch goes first, pinned to the CPU build on disk; a range in the project then installs nothing more.
 $(STAMP): pyproject.toml
@@ -20,9 +27,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python scripts/simulate.py --nodes 10 --rounds 10 --dataset digits --partition dirichlet
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	FEDGUARD_SCREENSHOT_DIR=$(CURDIR)/artifacts/screenshots $(BIN)/python -m pytest
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not integration and not browser"
