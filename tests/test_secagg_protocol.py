@@ -440,3 +440,22 @@ def test_client_refuses_unmask_for_disconnected_survivors() -> None:
     request = UnmaskRequestMsg(survivors, (ring[0], ring[5]))
     with pytest.raises(SecAggAbort, match="not connected"):
         clients[ring[1]].unmask(request)
+
+
+def test_bad_vectors_are_refused_with_a_clear_error() -> None:
+    from privacy.secagg import SecAggInputError
+
+    vectors = _vectors(3, 4)
+    params = resolve_params(3, 4)
+    server = SecAggServer(sorted(vectors), params, run_id="v", round_id=1)
+    clients = {i: SecAggClient(i) for i in vectors}
+    setup = server.setup()
+    keys = server.collect_keys({i: c.setup(setup) for i, c in clients.items()})
+    fwd = server.collect_shares({i: clients[i].share_keys(keys[i]) for i in clients})
+    nid = sorted(vectors)[0]
+    with pytest.raises(SecAggInputError, match="4 real numbers"):
+        clients[nid].masked_input(fwd[nid], np.zeros(5))
+    with pytest.raises(SecAggInputError, match="NaN"):
+        clients[nid].masked_input(fwd[nid], np.array([0.0, np.inf, 0.0, 0.0]))
+    with pytest.raises(SecAggInputError, match="weight"):
+        pack_weighted(np.zeros(3), weight=0.0, max_weight=10.0)
