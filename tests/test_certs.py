@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ssl
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -94,3 +96,35 @@ def test_cli_writes_files_and_reports_errors_in_one_line(
     assert make_certs_main(["--out", str(tmp_path / "y"), "--days", "0"]) == 2
     (tmp_path / "file").write_text("x")
     assert make_certs_main(["--out", str(tmp_path / "file")]) == 2
+
+
+def _handshake(files: Any, server_hostname: str) -> str:
+    """Complete a real TLS handshake in memory (no sockets); return the negotiated version."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(files.server_cert, files.server_key)
+    client_ctx = ssl.create_default_context(cafile=str(files.ca_cert))
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname=server_hostname)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    done = {"client": False, "server": False}
+    for _ in range(10):
+        for name, end in (("client", client), ("server", server)):
+            if not done[name]:
+                try:
+                    end.do_handshake()
+                    done[name] = True
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            return str(client.version())
+    raise AssertionError("handshake did not finish")
+
+
+def test_real_tls_handshake_succeeds_for_sans_and_fails_otherwise(tmp_path: Path) -> None:
+    files = write_certificates(tmp_path, nodes=0)
+    assert _handshake(files, "localhost").startswith("TLS")
+    assert _handshake(files, "127.0.0.1").startswith("TLS")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(files, "other.example.org")
