@@ -1,0 +1,201 @@
+"""fedguard-policy: exit codes 0/1/2 and one-line errors, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from privacy.__main__ import main
+from privacy.audit import AuditLog
+from privacy.policy.loader import ENV_VAR
+from privacy.provenance import build_record, sign_record, write_record
+from privacy.signing import load_or_create_key, public_key_b64
+
+DATA = Path(__file__).parent / "data" / "policy"
+RUN = str(DATA / "good-run.toml")
+MANIFEST = str(DATA / "good-manifest.toml")
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_env_packs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(err: str, *needles: str) -> None:
+    assert err.count("\n") == 1 and err.startswith("fedguard-policy: error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+
+
+def commercial_nc_run(tmp_path: Path) -> tuple[str, str]:
+    run = tmp_path / "run.toml"
+    run.write_text(Path(RUN).read_text().replace('"research"', '"commercial"'))
+    manifest = tmp_path / "nc.toml"
+    manifest.write_text(Path(MANIFEST).read_text().replace("CC-BY-4.0", "CC-BY-NC-4.0"))
+    return str(run), str(manifest)
+
+
+def test_check_passes_with_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "check", "--run-config", RUN, "--manifest", MANIFEST,
+                             "--today", "2026-11-24")
+    assert code == 0 and err == ""
+    assert out.startswith("# fedguard policy report") and "baseline 2026.11, gdpr 2026.11" in out
+
+
+def test_check_fails_with_exit_1_and_writes_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, manifest = commercial_nc_run(tmp_path)
+    out_file = tmp_path / "reports" / "r.md"
+    code, out, _ = run_cli(capsys, "check", "--run-config", run, "--manifest", f"clinic={manifest}",
+                           "--lang", "zh", "--out", str(out_file), "--today", "2026-11-24")
+    assert code == 1
+    assert out.startswith("FAIL:") and str(out_file) in out
+    text = out_file.read_text("utf-8")
+    assert "不通过" in text and "clinic" in text and "P9.noncommercial-licence" in text
+
+
+def test_check_json_and_audit_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run, manifest = commercial_nc_run(tmp_path)
+    log = tmp_path / "audit.jsonl"
+    code, out, _ = run_cli(capsys, "check", "--run-config", run, "--manifest", manifest,
+                           "--manifest", f"good={MANIFEST}", "--json", "--packs", "all",
+                           "--audit-log", str(log), "--today", "2026-11-24")
+    assert code == 1
+    data = json.loads(out)
+    assert data["failing_nodes"] == {"nc": ["P9.noncommercial-licence"]}
+    assert {p["name"] for p in data["packs"]} == {"baseline", "gdpr", "pipl", "cn-genai",
+                                                 "eu-ai-act"}
+    assert AuditLog(log).verify().count == len(data["verdicts"]) + 1
+
+
+def test_param_override_from_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "check", "--run-config", RUN, "--manifest", MANIFEST,
+                           "--param", "baseline.max-epsilon=0.5", "--json")
+    assert code == 1 and "P2.epsilon-cap" in json.loads(out)["failing_nodes"]["good-manifest"]
+
+
+def test_user_pack_dir(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "list-rules", "--packs", "baseline", "--pack-dir",
+                           str(DATA / "user-packs"))
+    assert code == 0 and "H1.enough-records" in out and "P1.dp-for-personal-data" in out
+
+
+def test_list_rules_shows_every_shipped_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "list-rules", "--lang", "zh")
+    assert code == 0
+    for pid in range(1, 24):
+        assert f"\nP{pid} " in out
+    assert "持有个人信息的节点须启用差分隐私" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["check", "--run-config", RUN], ["--manifest"]),
+        (["frobnicate"], ["invalid choice"]),
+        (["check", "--run-config", "/nonexistent.toml", "--manifest", MANIFEST], ["not found"]),
+        (["check", "--run-config", RUN, "--manifest", MANIFEST, "--packs", "gdrp"],
+         ["did you mean gdpr"]),
+        (["check", "--run-config", RUN, "--manifest", MANIFEST, "--today", "soon"],
+         ["--today"]),
+        (["check", "--run-config", RUN, "--manifest", MANIFEST, "--param", "x"],
+         ["--param"]),
+        (["check", "--run-config", RUN, "--manifest", MANIFEST, "--manifest", MANIFEST],
+         ["given twice"]),
+        (["verify-provenance", "/nonexistent.json"], ["not found"]),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], needles: list[str]
+) -> None:
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert_one_line_error(err, *needles)
+
+
+def test_malformed_manifest_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "m.toml"
+    bad.write_text(Path(MANIFEST).read_text().replace("CC-BY-4.0", "CC-BY-XX"))
+    code, _, err = run_cli(capsys, "check", "--run-config", RUN, "--manifest", str(bad))
+    assert code == 2
+    assert_one_line_error(err, "m.toml", "dataset.licence='CC-BY-XX'", "not an SPDX id")
+
+
+def test_malformed_pack_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    body = (DATA / "user-packs" / "hospital.toml").read_text()
+    (tmp_path / "hospital.toml").write_text(body.replace("params.min_records", "params.min_rec"))
+    code, _, err = run_cli(capsys, "check", "--run-config", RUN, "--manifest", MANIFEST,
+                           "--pack-dir", str(tmp_path))
+    assert code == 2
+    assert_one_line_error(err, "hospital.toml", "H1.enough-records", "did you mean "
+                          "params.min_records")
+
+
+def test_malformed_run_config_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run.toml"
+    run.write_text('dp = "yes"\n')
+    code, _, err = run_cli(capsys, "check", "--run-config", str(run), "--manifest", MANIFEST)
+    assert code == 2
+    assert_one_line_error(err, "dp='yes'", "true or false")
+
+
+def test_verify_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    for i in range(3):
+        log.append("e", {"i": i})
+    code, out, _ = run_cli(capsys, "verify-audit", str(log.path))
+    assert code == 0 and "OK, 3 entries" in out
+    raw = bytearray(log.path.read_bytes())
+    raw[raw.index(b'"i":1') + 4] = ord("5")
+    log.path.write_bytes(bytes(raw))
+    code, out, _ = run_cli(capsys, "verify-audit", str(log.path))
+    assert code == 1 and "FAILED at line 2" in out
+
+
+def test_verify_provenance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights")
+    digest = hashlib.sha256(b"weights").hexdigest()
+    key = load_or_create_key(tmp_path / "srv")
+    record = build_record(digest, [(1, digest)], {}, {}, {}, {}, {"fedguard": "0.1.0"})
+    path = tmp_path / "prov.json"
+    write_record(path, sign_record(record, key))
+    code, out, _ = run_cli(capsys, "verify-provenance", str(path), "--model", str(model),
+                           "--public-key", public_key_b64(key))
+    assert code == 0 and "model file matches" in out
+    model.write_bytes(b"weights, poisoned")
+    code, out, _ = run_cli(capsys, "verify-provenance", str(path), "--model", str(model))
+    assert code == 1 and "does not match" in out
+
+
+@pytest.mark.slow
+def test_console_module_never_prints_a_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "m.toml"
+    bad.write_text("[dataset]\nname = 'x'\nrecords = 'many'\n")
+    shutil.copy(RUN, tmp_path / "run.toml")
+    proc = subprocess.run(
+        [sys.executable, "-m", "privacy", "check", "--run-config", str(tmp_path / "run.toml"),
+         "--manifest", str(bad)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "dataset.records='many'" in proc.stderr
+    assert "Traceback" not in proc.stderr
