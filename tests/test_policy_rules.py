@@ -10,9 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from privacy.manifest import Manifest, parse_manifest
-from privacy.policy import BUILTIN_PACKS, PolicyReport, evaluate, load_packs, load_run_config
+from privacy.policy import (
+    BUILTIN_PACKS,
+    PolicyError,
+    PolicyReport,
+    evaluate,
+    load_packs,
+    load_run_config,
+)
 
 DATA = Path(__file__).parent / "data" / "policy"
 TODAY = date(2026, 11, 24)
@@ -170,3 +179,34 @@ def test_cac_route_thresholds() -> None:
     assert route(**big) == "fail"  # needs a security assessment
     assert route(**{**big, "mechanism": "cac-security-assessment"}) == "pass"
     assert route(ciio=True, mechanism="cn-standard-contract") == "fail"
+
+
+def test_pyproject_style_run_config_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "pyproject.toml"
+    path.write_text('[tool.flwr.app.config]\ndp = true\ndp-epsilon = 2.0\nlr = 0.1\n')
+    assert load_run_config(path) == {"dp": True, "dp-epsilon": 2.0, "lr": 0.1}
+    path.write_text("tool = 3\ndp = false\n")
+    assert load_run_config(path)["dp"] is False
+
+
+_config_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 10**6), st.floats(), st.text(max_size=8),
+    st.sampled_from(["research", "commercial", "simulation", "deployment", "krum"]),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(
+    st.sampled_from(["dp", "dp-epsilon", "dp-delta", "purpose", "mode", "secagg", "min-nodes",
+                     "aggregation", "server-country", "tls", "log-retention-days", "lr"]),
+    _config_values,
+))
+def test_random_run_configs_evaluate_or_fail_cleanly(config: dict[str, Any]) -> None:
+    _, manifest = build({})
+    try:
+        report = evaluate(config, {"n1": manifest}, ALL_PACKS, today=TODAY)
+    except PolicyError as exc:
+        assert "\n" not in str(exc) and "run config" in str(exc)
+    else:
+        assert len(report.verdicts) == sum(len(p.rules) for p in ALL_PACKS)  # one node

@@ -9,6 +9,7 @@ type-checked so a typo in a value is a clear :class:`PolicyError`, not a silent 
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -112,6 +113,11 @@ class RunFacts:
                 )
         if values.get("server_country"):
             values["server_country"] = values["server_country"].upper()
+            if not re.fullmatch(r"[A-Z]{2}", values["server_country"]):
+                raise PolicyError(
+                    f"run config server-country={values['server_country']!r} is invalid; use an "
+                    "ISO 3166-1 alpha-2 code such as DE or CN"
+                )
         eps: dict[str, float] = {}
         for node, value in (node_epsilon or {}).items():
             eps[str(node)] = _coerce(f"node epsilon for {node}", value, "float | None")
@@ -151,10 +157,10 @@ def load_run_config(path: str | Path) -> dict[str, Any]:
         raise PolicyError(f"run config {p} cannot be read ({type(exc).__name__})") from None
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"run config {p} is not valid TOML ({exc}); fix the syntax") from None
-    nested = data.get("tool", {}).get("flwr", {}).get("app", {}).get("config")
-    if isinstance(nested, dict):
-        return nested
-    return data
+    nested: Any = data
+    for key in ("tool", "flwr", "app", "config"):
+        nested = nested.get(key) if isinstance(nested, dict) else None
+    return nested if isinstance(nested, dict) else data
 
 
 def node_facts(node: str, run: RunFacts, manifest: Manifest | None) -> dict[str, Any]:
