@@ -459,3 +459,24 @@ def test_bad_vectors_are_refused_with_a_clear_error() -> None:
         clients[nid].masked_input(fwd[nid], np.array([0.0, np.inf, 0.0, 0.0]))
     with pytest.raises(SecAggInputError, match="weight"):
         pack_weighted(np.zeros(3), weight=0.0, max_weight=10.0)
+
+
+def test_client_refuses_unmask_that_counts_a_node_it_rejected_as_survivor() -> None:
+    vectors = _vectors(5, 4)
+    params = resolve_params(5, 4)
+    ids = sorted(vectors)
+    server = SecAggServer(ids, params, run_id="rj", round_id=1)
+    clients = {i: SecAggClient(i) for i in ids}
+    setup = server.setup()
+    keys = server.collect_keys({i: c.setup(setup) for i, c in clients.items()})
+    fwd = server.collect_shares({i: clients[i].share_keys(keys[i]) for i in ids})
+    me, bad = ids[0], ids[1]
+    cts = [
+        _flip(c) if s == bad else c
+        for s, c in zip(fwd[me].senders, fwd[me].ciphertexts, strict=True)
+    ]
+    reply = clients[me].masked_input(type(fwd[me])(fwd[me].senders, cts), vectors[me])
+    assert reply.rejected == (bad,)
+    restored = SecAggClient.from_state(clients[me].to_state())
+    with pytest.raises(SecAggAbort, match="rejected"):
+        restored.unmask(UnmaskRequestMsg(tuple(ids), ()))

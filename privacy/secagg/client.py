@@ -95,6 +95,7 @@ class SecAggClient:
         self.own_seed_share = b""
         self.own_key_share = b""
         self.held: dict[int, tuple[bytes, bytes]] = {}  # owner -> (seed share, key share)
+        self.rejected: tuple[int, ...] = ()  # senders whose bundles failed authentication
         self.clipped = 0
         self._derived: tuple[SecAggParams, bytes, frozenset[int]] | None = None
 
@@ -271,7 +272,8 @@ class SecAggClient:
                 acc -= mask
         acc &= mod_mask(params.mod_bits)
         self.stage = "masked"
-        return MaskedInputMsg(self.node_id, acc, tuple(sorted(rejected)))
+        self.rejected = tuple(sorted(rejected))
+        return MaskedInputMsg(self.node_id, acc, self.rejected)
 
     @staticmethod
     def _check_vector(vector: np.ndarray, params: SecAggParams) -> np.ndarray:
@@ -305,6 +307,11 @@ class SecAggClient:
             raise SecAggAbort(
                 "survivors named by the server are unknown or not connected in the neighbour "
                 "graph (unmasking would expose partial sums); refusing to unmask"
+            )
+        if set(msg.survivors) & set(self.rejected):
+            raise SecAggAbort(
+                "server counts a node whose share bundle this node rejected as a survivor; "
+                "refusing to unmask"
             )
         self.stage = "done"  # set first: a second request must never be answered
         held = dict(self.held)
@@ -359,6 +366,7 @@ class SecAggClient:
             "held.ids": pack_ids(held),
             "held.seed_shares": b"".join(self.held[u][0] for u in held),
             "held.key_shares": b"".join(self.held[u][1] for u in held),
+            "rejected": pack_ids(self.rejected),
         }
         return state
 
@@ -402,7 +410,7 @@ class SecAggClient:
             client.setup_msg = SetupMsg(
                 run_id=str(state["setup.run_id"]),
                 round_id=int(state["setup.round_id"]),
-                node_ids=unpack_ids(_b(state["setup.node_ids"])),
+                node_ids=_ids(state["setup.node_ids"]),
                 graph_seed=_b(state["setup.graph_seed"]),
                 num_neighbours=int(state["setup.num_neighbours"]),
                 threshold=int(state["setup.threshold"]),
@@ -421,14 +429,15 @@ class SecAggClient:
         client.seed = _b(state["seed"])
         client.own_seed_share = _b(state["own_seed_share"])
         client.own_key_share = _b(state["own_key_share"])
-        nbr = unpack_ids(_b(state["nbr.ids"]))
+        nbr = _ids(state["nbr.ids"])
         c_pks = _chunks(_b(state["nbr.c_pks"]), _K, len(nbr))
         s_pks = _chunks(_b(state["nbr.s_pks"]), _K, len(nbr))
         client.nbr_keys = {u: (c, s) for u, c, s in zip(nbr, c_pks, s_pks, strict=True)}
-        held = unpack_ids(_b(state["held.ids"]))
+        held = _ids(state["held.ids"])
         seeds = _chunks(_b(state["held.seed_shares"]), _S, len(held))
         keys = _chunks(_b(state["held.key_shares"]), _K, len(held))
         client.held = {u: (s, k) for u, s, k in zip(held, seeds, keys, strict=True)}
+        client.rejected = _ids(state["rejected"])
         return client
 
 
@@ -436,6 +445,16 @@ def _b(value: Any) -> bytes:
     if type(value) is not bytes:
         raise TypeError(f"expected bytes, got {type(value).__name__}")
     return value
+
+
+def _ids(value: Any) -> tuple[int, ...]:
+    data = _b(value)
+    if len(data) % 8:
+        raise ValueError("packed node ids must be a multiple of 8 bytes")
+    ids = unpack_ids(data)
+    if len(set(ids)) != len(ids):
+        raise ValueError("duplicate node ids")
+    return ids
 
 
 def _chunks(data: bytes, width: int, count: int) -> list[bytes]:
