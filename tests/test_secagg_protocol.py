@@ -480,3 +480,24 @@ def test_client_refuses_unmask_that_counts_a_node_it_rejected_as_survivor() -> N
     restored = SecAggClient.from_state(clients[me].to_state())
     with pytest.raises(SecAggAbort, match="rejected"):
         restored.unmask(UnmaskRequestMsg(tuple(ids), ()))
+
+
+@pytest.mark.slow
+def test_default_sparse_graph_at_scale_with_scattered_dropouts() -> None:
+    """64 nodes use the SecAgg+ graph by default; drop a few nodes after every stage."""
+    n, length = 64, 2000
+    vectors = _vectors(n, length, np.float32)
+    params = resolve_params(n, length)
+    assert not params.complete_graph
+    ids = sorted(vectors)
+    rng = np.random.default_rng(SEED)
+    picked = [int(x) for x in rng.choice(ids, size=8, replace=False)]
+    drops = {
+        "advertise": picked[0:2],
+        "share_keys": picked[2:4],
+        "masked_input": picked[4:6],
+        "unmask": picked[6:8],
+    }
+    result = run_local_round(vectors, params, drop_after=drops)
+    assert set(result.contributors) == set(ids) - set(picked[:6])
+    _check(result, vectors, params)
