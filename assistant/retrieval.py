@@ -27,7 +27,8 @@ import numpy as np
 
 from assistant.knowledge_base import Entry, KnowledgeBase
 
-# Weights of the three views (tuned on tests/data/assistant_eval.yaml, see README of the script).
+# Weights of the three views. A grid over W_QUESTIONS in 0..1 and W_ANSWER in 0..1 on the eval set
+# was flat (top-1 66/71 almost everywhere), so these are the a-priori choices, not a tuned optimum.
 W_SENTENCE = 1.0
 W_QUESTIONS = 0.5
 W_ANSWER = 0.25
@@ -56,6 +57,9 @@ ZH_STOP: frozenset[str] = _words(
     怎么样 怎样 如何 为什么 是否 是不是 有没有 能否 能不能 可否 请问 请 一下 一个 有 没有
     会 要 么 啥 多少 几"""
 )
+# Function characters: a bigram containing one ("是怎", "么工") carries phrasing, not topic, and
+# would let "…是怎么工作的？" match any entry phrased the same way.
+ZH_STOP_CHARS: frozenset[str] = frozenset("的了吗呢吧啊呀么怎什哪是否谁")
 _BIGRAM = "\u00a7"  # prefix that keeps character bigrams apart from jieba words in the index
 
 _jieba_lock = threading.Lock()
@@ -154,7 +158,11 @@ def tokenize(text: str) -> list[str]:
                     tokens.append(han)
                 continue
             tokens.extend(w for w in _jieba().lcut_for_search(han) if w not in ZH_STOP)
-            tokens.extend(_BIGRAM + han[i : i + 2] for i in range(len(han) - 1))
+            tokens.extend(
+                _BIGRAM + han[i : i + 2]
+                for i in range(len(han) - 1)
+                if han[i] not in ZH_STOP_CHARS and han[i + 1] not in ZH_STOP_CHARS
+            )
         else:
             word = match.group("word").lower().replace("’", "'")
             word = word.split("'")[0]
@@ -214,7 +222,8 @@ class Hit:
 
     entry: Entry
     score: float  # combined BM25 score, used for ranking
-    coverage: float  # idf-weighted share of the query's content words that the entry contains
+    coverage: float  # idf-weighted share of the query's content words the entry contains
+    question_coverage: float  # the same, counting only the entry's questions and paraphrases
     strength: float  # score in units of the largest possible idf, comparable across KB sizes
 
 
@@ -231,7 +240,11 @@ class SearchIndex:
         questions: list[list[str]] = [[] for _ in kb.entries]
         for doc, i in zip(sentences, owner, strict=True):
             questions[i].extend(doc)
-        self._vocab = [set(q) | set(a) for q, a in zip(questions, answers, strict=True)]
+        # For coverage: stems per side, and raw text per side for Chinese substring checks.
+        self._q_vocab = [set(q) for q in questions]
+        self._a_vocab = [set(a) for a in answers]
+        self._q_text = [" ".join(_question_texts(e)).lower() for e in kb.entries]
+        self._a_text = [" ".join([*e.answer.values(), *e.citations]).lower() for e in kb.entries]
         self._owner = np.array(owner, dtype=np.int64)
         self._sentences = BM25(sentences)
         self._questions = BM25(questions)
@@ -253,16 +266,35 @@ class SearchIndex:
         order = np.argsort(-total, kind="stable")[:k]
         units = [(u, bigrams, self._weight(u, bigrams)) for u, bigrams in query_units(question)]
         weight_sum = sum(w for _, _, w in units) or 1.0
-        unit = self._questions.unseen_idf()
+        unit_idf = self._questions.unseen_idf()
         hits = []
         for i in order:
             if total[i] <= 0:
                 break
-            vocab = self._vocab[i]
-            covered = sum(w for u, bg, w in units if u in vocab or (bg and vocab.issuperset(bg)))
+            in_q = sum(w for u, bg, w in units if self._contains(i, u, bg, question_side=True))
+            in_a = sum(
+                w
+                for u, bg, w in units
+                if not self._contains(i, u, bg, question_side=True)
+                and self._contains(i, u, bg, question_side=False)
+            )
             score = float(total[i])
-            hits.append(Hit(self.kb.entries[i], score, covered / weight_sum, score / unit))
+            hits.append(
+                Hit(
+                    self.kb.entries[i],
+                    score,
+                    coverage=(in_q + in_a) / weight_sum,
+                    question_coverage=in_q / weight_sum,
+                    strength=score / unit_idf,
+                )
+            )
         return hits
+
+    def _contains(self, i: int, unit: str, bigrams: tuple[str, ...], question_side: bool) -> bool:
+        """Whether entry i mentions a unit: a stem among its tokens, a Chinese word verbatim."""
+        if bigrams:  # a Chinese word: substring test, immune to differing segmentation
+            return unit in (self._q_text[i] if question_side else self._a_text[i])
+        return unit in (self._q_vocab[i] if question_side else self._a_vocab[i])
 
     def _idf(self, token: str) -> float:
         """idf on the question view, else the answer view; tokens found nowhere weigh most."""
@@ -278,15 +310,21 @@ class SearchIndex:
         return sum(self._idf(b) for b in bigrams) / len(bigrams)
 
 
+def _question_texts(entry: Entry) -> list[str]:
+    """The entry's questions and paraphrases, both languages."""
+    texts = [*entry.question.values()]
+    for lang in entry.paraphrases:
+        texts.extend(entry.paraphrases[lang])
+    return texts
+
+
 def _tokenize_kb(kb: KnowledgeBase) -> dict[str, list]:  # type: ignore[type-arg]
     """Tokens of every question/paraphrase (with owning entry) and of every answer."""
     sentences: list[list[str]] = []
     owner: list[int] = []
     answers: list[list[str]] = []
     for i, e in enumerate(kb.entries):
-        texts = [*e.question.values()]
-        for lang in e.paraphrases:
-            texts.extend(e.paraphrases[lang])
+        texts = _question_texts(e)
         sentences.extend(tokenize(t) for t in texts)
         owner.extend([i] * len(texts))
         answers.append(tokenize(" ".join([*e.answer.values(), *e.citations])))
@@ -294,7 +332,7 @@ def _tokenize_kb(kb: KnowledgeBase) -> dict[str, list]:  # type: ignore[type-arg
 
 
 # Bump when tokenize() changes, so stale token caches are ignored.
-TOKENIZER_VERSION = 1
+TOKENIZER_VERSION = 2
 
 
 def _cache_file(kb: KnowledgeBase, cache_dir: Path | None) -> Path:
