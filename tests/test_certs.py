@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ssl
 import stat
 from pathlib import Path
@@ -13,7 +14,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from privacy.certs import CertError, parse_san, verify_server_certificate, write_certificates
-from scripts.make_certs import main as make_certs_main
+
+
+def _load_cli() -> Any:
+    """Import scripts/make_certs.py by path (scripts/ is not a package on sys.path)."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / "make_certs.py"
+    spec = importlib.util.spec_from_file_location("make_certs", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_certs_main = _load_cli().main
 
 
 def _sans(cert_path: Path) -> set[str]:
