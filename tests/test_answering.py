@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 import yaml
 
+from assistant import retrieval
 from assistant.answering import Answer, AskError, Assistant, confidence
 from assistant.knowledge_base import DEFAULT_KB_DIR, load_kb
 from assistant.language import LanguageError, detect_language
 from assistant.llm_rewrite import LLMConfigError, LLMRewriter
-from assistant.retrieval import get_index, stem, tokenize
+from assistant.retrieval import SearchIndex, get_index, stem, tokenize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -378,3 +379,27 @@ def test_answer_type_is_frozen(assistant: Assistant) -> None:
     assert isinstance(answer, Answer)
     with pytest.raises(AttributeError):
         answer.answer = "changed"  # type: ignore[misc]
+
+
+def test_token_cache_is_reused_and_survives_corruption(
+    kb_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kb = load_kb(kb_dir)
+    cache = tmp_path / "token-cache"
+    fresh = SearchIndex(kb, cache_dir=cache)
+    (cache_file,) = cache.glob("assistant-tokens-*.json")
+
+    def no_tokenizing(_kb: object) -> None:
+        raise AssertionError("the KB was re-tokenised despite a valid cache")
+
+    monkeypatch.setattr(retrieval, "_tokenize_kb", no_tokenizing)
+    cached = SearchIndex(kb, cache_dir=cache)
+    question = "把个人信息传到境外，需要走什么程序？"
+    assert [h.entry.id for h in cached.search(question)] == [
+        h.entry.id for h in fresh.search(question)
+    ]
+    monkeypatch.undo()
+    cache_file.write_text("{not json", encoding="utf-8")
+    rebuilt = SearchIndex(kb, cache_dir=cache)
+    assert rebuilt.search(question)[0].entry.id == "pipl-cross-border"
+    assert json.loads(cache_file.read_text(encoding="utf-8"))["digest"] == kb.digest
