@@ -501,3 +501,17 @@ def test_default_sparse_graph_at_scale_with_scattered_dropouts() -> None:
     result = run_local_round(vectors, params, drop_after=drops)
     assert set(result.contributors) == set(ids) - set(picked[:6])
     _check(result, vectors, params)
+
+
+def test_server_summary_is_json_ready_and_secret_free() -> None:
+    import json
+
+    vectors = _vectors(6, 8)
+    params = resolve_params(6, 8)
+    server = SecAggServer(sorted(vectors), params, run_id="audit", round_id=7)
+    dropped = sorted(vectors)[0]
+    run_local_round(vectors, params, drop_after={"share_keys": [dropped]}, server=server)
+    summary = json.loads(json.dumps(server.summary()))
+    assert summary["stage"] == "done" and summary["sampled"] == 6
+    assert len(summary["contributors"]) == 5 and str(dropped) in summary["dropped"]
+    assert summary["context"] == server.context.hex()

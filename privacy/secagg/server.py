@@ -123,6 +123,26 @@ class SecAggServer:
         self.survivors: tuple[int, ...] = ()
         self.reveal_keys_of: tuple[int, ...] = ()
 
+    def summary(self) -> dict[str, Any]:
+        """Public, JSON-ready facts about the round for the audit log (no secrets, no data)."""
+        p = self.params
+        return {
+            "protocol": "secagg+/v1",
+            "context": self.context.hex(),
+            "params_digest": p.digest().hex(),
+            "stage": self.stage,
+            "sampled": len(self.node_ids),
+            "num_neighbours": p.num_neighbours,
+            "threshold": p.threshold,
+            "min_survivors": p.min_survivors,
+            "clip_range": p.clip_range,
+            "quant_bits": p.quant_bits,
+            "mod_bits": p.mod_bits,
+            "signed_keys": self.identity_keys is not None,
+            "contributors": [str(u) for u in self.survivors],
+            "dropped": {str(u): why for u, why in sorted(self.dropped.items())},
+        }
+
     # ------------------------------------------------------------------ helpers
     def _advance(self, expected: str) -> None:
         if self.stage != expected:
