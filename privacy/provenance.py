@@ -230,6 +230,8 @@ def verify_record(
         reasons.append(f"unknown schema {record.get('schema')!r}; expected {SCHEMA}")
     model = record.get("model")
     model_sha = model.get("sha256") if isinstance(model, Mapping) else None
+    if not isinstance(model_sha, str) or not _HEX64.fullmatch(model_sha):
+        reasons.append("record has no valid model SHA-256")
     last = _check_chain(record, reasons)
     if last is not None and last != model_sha:
         reasons.append("model hash differs from the last checkpoint in the chain")

@@ -210,3 +210,10 @@ def test_random_run_configs_evaluate_or_fail_cleanly(config: dict[str, Any]) -> 
         assert "\n" not in str(exc) and "run config" in str(exc)
     else:
         assert len(report.verdicts) == sum(len(p.rules) for p in ALL_PACKS)  # one node
+
+
+def test_integer_node_ids_are_reported_as_strings() -> None:
+    run, manifest = build({"run": {"dp": False}})
+    report = evaluate(run, {7: manifest}, ALL_PACKS, today=TODAY)
+    assert "7" in report.failing_nodes
+    assert PolicyReport.from_dict(report.to_dict()).failing_nodes == report.failing_nodes

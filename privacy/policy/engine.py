@@ -85,8 +85,8 @@ def evaluate(
             if rule.scope == "run":
                 verdicts.append(_verdict(rule, None, {**base, **params}, day))
                 continue
-            for node in sorted(manifests):
-                manifest = manifests[node]
+            for key in sorted(manifests, key=str):
+                manifest, node = manifests[key], str(key)  # Flower node ids may be ints
                 if manifest is not None and not isinstance(manifest, Manifest):
                     raise PolicyError(f"manifest for node {node!r} is a {type(manifest)}; "
                                       "pass a Manifest from load_manifest/parse_manifest")
