@@ -14,7 +14,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privacy.secagg.client import SecAggClient, TrustedKeys
-from privacy.secagg.errors import SecAggAbort, SecAggProtocolError
+from privacy.secagg.errors import SecAggAbort, SecAggConfigError, SecAggProtocolError
 from privacy.secagg.messages import decode, encode
 from privacy.secagg.params import SecAggParams
 from privacy.secagg.server import SecAggResult, SecAggServer
@@ -42,6 +42,9 @@ def run_local_round(
     may rewrite any server-to-node payload in flight. A client that aborts counts as dropped.
     """
     drop_after = drop_after or {}
+    unknown = set(drop_after) - set(STAGES)
+    if unknown:
+        raise SecAggConfigError(f"drop_after stages {sorted(unknown)} unknown; use {STAGES}")
     ids = sorted(vectors)
     public = (
         None if identity_keys is None else {i: k.public_key() for i, k in identity_keys.items()}
