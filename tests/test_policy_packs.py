@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import tomllib
 from datetime import date
@@ -208,3 +209,38 @@ def test_shipped_pack_files_are_valid_toml_with_matching_names() -> None:
     for name in BUILTIN_PACKS:
         path = Path(__file__).parents[1] / "privacy" / "policy" / "packs" / f"{name}.toml"
         assert tomllib.loads(path.read_text("utf-8"))["pack"]["name"] == name
+
+
+_VALID = tomllib.loads("[pack]\nname = 'fuzz'\n[params]\nlimit = 3\n" + RULE)
+_conditions = st.sampled_from([
+    "manifest.records > params.limit", "run.dp", "node.epsilon <= 1", "True", "1 / 0",
+    "manifest.records + None", "len(manifest.licence) > 2", "manifest.nope", "", "x.y",
+])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    field=st.sampled_from(sorted(_VALID["rule"][0]) + ["applies", "extra"]),
+    value=st.one_of(_toml_values, _conditions),
+    delete=st.booleans(),
+    scope=st.sampled_from(["node", "run"]),
+)
+def test_mutated_valid_pack_loads_and_evaluates_or_fails_cleanly(
+    field: str, value: Any, delete: bool, scope: str
+) -> None:
+    data = copy.deepcopy(_VALID)
+    rule = data["rule"][0]
+    rule["scope"] = scope
+    if delete:
+        rule.pop(field, None)
+    else:
+        rule[field] = value
+    try:
+        pack = parse_pack(data, Path("fuzz.toml"))
+    except PolicyError as exc:
+        assert "\n" not in str(exc) and str(exc).startswith("fuzz.toml")
+        return
+    manifest = load_manifest(DATA / "good-manifest.toml")
+    report = evaluate({}, {"n": manifest}, [pack], today=TODAY)
+    assert len(report.verdicts) == 1
+    assert report.verdicts[0].status in {"pass", "fail", "warn", "info", "not-applicable"}
