@@ -2,7 +2,7 @@
 provenance records.
 
 Exit codes: 0 ok, 1 a check failed (a failing rule, a broken audit chain, a bad record),
-2 bad input (one line on stderr, never a traceback).
+2 bad input (one line on stderr, never a traceback), 3 an internal error (also one line).
 """
 
 from __future__ import annotations
@@ -209,6 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not bad input: still one line, never a traceback
+        print(f"{PROG}: internal error ({type(exc).__name__}: {exc}); please report it",
+              file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -199,3 +199,25 @@ def test_console_module_never_prints_a_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "dataset.records='many'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_unexpected_errors_are_one_line_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import privacy.__main__ as cli
+
+    def boom(*_: object, **__: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(cli, "evaluate", boom)
+    code, _, err = run_cli(capsys, "check", "--run-config", RUN, "--manifest", MANIFEST)
+    assert code == 3 and err.count("\n") == 1 and "disk on fire" in err
+
+
+def test_unwritable_output_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_cli(capsys, "check", "--run-config", RUN, "--manifest", MANIFEST,
+                           "--out", str(blocker / "report.md"))
+    assert code == 2
+    assert_one_line_error(err)
