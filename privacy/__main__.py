@@ -11,11 +11,10 @@ import argparse
 import os
 import sys
 import tempfile
-import tomllib
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from privacy.audit import AuditError, AuditLog
 from privacy.manifest import Manifest, ManifestError, load_manifest
@@ -26,6 +25,7 @@ from privacy.policy import (
     evaluate,
     load_packs,
     load_run_config,
+    parse_param_overrides,
 )
 from privacy.provenance import ProvenanceError, load_record, verify_record
 from privacy.signing import SigningError
@@ -84,20 +84,6 @@ def _pack_args(p: argparse.ArgumentParser) -> None:
                    help="directory of extra .toml packs (repeat)")
 
 
-def _parse_params(items: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--param {item!r} must look like baseline.max-epsilon=5")
-        try:
-            value = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw.strip()
-        out[key.strip()] = value
-    return out
-
-
 def _manifests(specs: Sequence[str]) -> dict[str, Manifest]:
     out: dict[str, Manifest] = {}
     for spec in specs:
@@ -130,8 +116,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     config = load_run_config(args.run_config)
     run = RunFacts.from_config(config)
     manifests = _manifests(args.manifest)
-    packs = load_packs(args.packs or run.policy_packs or "baseline", args.pack_dir,
-                       _parse_params(args.param))
+    params = {**parse_param_overrides(run.policy_params or ""),
+              **parse_param_overrides(args.param)}
+    packs = load_packs(args.packs or run.policy_packs or "baseline", args.pack_dir, params)
     today = None
     if args.today:
         try:

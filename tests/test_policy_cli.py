@@ -88,6 +88,20 @@ def test_param_override_from_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 1 and "P2.epsilon-cap" in json.loads(out)["failing_nodes"]["good-manifest"]
 
 
+def test_param_override_from_run_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run.toml"
+    run.write_text(Path(RUN).read_text() + 'policy-params = "baseline.max-epsilon=0.5"\n')
+    code, out, _ = run_cli(capsys, "check", "--run-config", str(run), "--manifest", MANIFEST,
+                           "--json")
+    assert code == 1 and "P2.epsilon-cap" in json.loads(out)["failing_nodes"]["good-manifest"]
+    # The command line wins over the run config.
+    code, _, _ = run_cli(capsys, "check", "--run-config", str(run), "--manifest", MANIFEST,
+                         "--param", "baseline.max-epsilon=10.0", "--today", "2026-11-24")
+    assert code == 0
+
+
 def test_user_pack_dir(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "list-rules", "--packs", "baseline", "--pack-dir",
                            str(DATA / "user-packs"))
@@ -113,7 +127,7 @@ def test_list_rules_shows_every_shipped_rule(capsys: pytest.CaptureFixture[str])
         (["check", "--run-config", RUN, "--manifest", MANIFEST, "--today", "soon"],
          ["--today"]),
         (["check", "--run-config", RUN, "--manifest", MANIFEST, "--param", "x"],
-         ["--param"]),
+         ["parameter override 'x'"]),
         (["check", "--run-config", RUN, "--manifest", MANIFEST, "--manifest", MANIFEST],
          ["given twice"]),
         (["verify-provenance", "/nonexistent.json"], ["not found"]),

@@ -2,7 +2,8 @@
 
 Typical use by the server::
 
-    packs = load_packs(run_config.get("policy-packs", "baseline"), [data_dir / "policy-packs"])
+    packs = load_packs(run_config.get("policy-packs", "baseline"), [data_dir / "policy-packs"],
+                       parse_param_overrides(run_config.get("policy-params", "")))
     report = evaluate(run_config, manifests, packs)
     audit_verdicts(audit_log, report, run_id)
     if report.run_failed: refuse to start, naming report.failing_nodes
@@ -12,7 +13,14 @@ from privacy.policy.engine import evaluate
 from privacy.policy.errors import EvalError, ExprError, PolicyError
 from privacy.policy.expr import Expr, compile_expr
 from privacy.policy.facts import RunFacts, load_run_config
-from privacy.policy.loader import BUILTIN_PACKS, Pack, Rule, available_packs, load_packs
+from privacy.policy.loader import (
+    BUILTIN_PACKS,
+    Pack,
+    Rule,
+    available_packs,
+    load_packs,
+    parse_param_overrides,
+)
 from privacy.policy.report import PolicyReport, Verdict, audit_verdicts
 
 __all__ = [
@@ -32,4 +40,5 @@ __all__ = [
     "evaluate",
     "load_packs",
     "load_run_config",
+    "parse_param_overrides",
 ]

@@ -71,6 +71,8 @@ class RunFacts:
     server_country: str | None = None
     audit_log: bool = True
     policy_packs: str | None = None
+    #: Threshold overrides, ``"baseline.max-epsilon=5,gdpr.dpia-max-age-days=700"``.
+    policy_params: str | None = None
     #: Epsilon actually spent per node (from the privacy ledger); falls back to ``dp_epsilon``.
     node_epsilon: Mapping[str, float] = field(default_factory=dict)
 

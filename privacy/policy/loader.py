@@ -33,6 +33,7 @@ __all__ = [
     "load_pack_file",
     "load_packs",
     "parse_pack",
+    "parse_param_overrides",
 ]
 
 BUILTIN_DIR = Path(__file__).with_name("packs")
@@ -266,6 +267,27 @@ def available_packs(extra_dirs: Iterable[str | Path] = ()) -> dict[str, tuple[Pa
             for p in sorted(directory.glob("*.toml")):
                 found[p.stem] = (p, False)
     return found
+
+
+def parse_param_overrides(items: Iterable[str] | str) -> dict[str, Any]:
+    """Parse ``pack.param=value`` items (or one comma-separated string, as in the run config key
+    ``policy-params``); values are read as TOML values, falling back to plain strings."""
+    if isinstance(items, str):
+        items = items.split(",")
+    out: dict[str, Any] = {}
+    for item in items:
+        if not item.strip():
+            continue
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key.strip():
+            raise PolicyError(f"parameter override {item.strip()!r} must look like "
+                              "baseline.max-epsilon=5")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        out[key.strip()] = value
+    return out
 
 
 def _split_names(names: Iterable[str] | str) -> list[str]:
