@@ -1,4 +1,8 @@
-"""`fedguard-ask "question" [--lang zh|en] [--json] [--kb DIR]`: ask the assistant from a shell.
+"""`fedguard-ask "question" [--lang zh|en] [--json] [--kb DIR] [--data-dir DIR]`: ask from a shell.
+
+Questions about the running system ("how much budget has node 3 spent?") are answered from the
+run store in --data-dir (default: fedguard's data directory) when the run-store adapter
+(`assistant.live_source`) is installed; everything else comes from the knowledge base.
 
 Exit status: 0 when answered (also when the assistant abstains; see "abstained" in --json),
 2 on bad input or a broken knowledge base. Errors are one line on stderr, never a traceback.
@@ -15,6 +19,7 @@ from typing import NoReturn
 from assistant.answering import Answer, AskError, Assistant, topic_label
 from assistant.knowledge_base import KBError, load_kb
 from assistant.language import LanguageError
+from assistant.live_intents import LiveSource, detect_live_intent
 from assistant.llm_rewrite import LLMConfigError
 
 PROG = "fedguard-ask"
@@ -42,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lang", choices=("zh", "en"), help="answer language (default: auto)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--kb", metavar="DIR", help="knowledge base directory (default: bundled)")
+    parser.add_argument(
+        "--data-dir", metavar="DIR", help="run store directory for questions about runs"
+    )
     return parser
 
 
@@ -68,12 +76,23 @@ def render(answer: Answer) -> str:
     return "\n".join(lines)
 
 
+def live_source(data_dir: str | None) -> LiveSource | None:
+    """The run-store LiveSource, or None while that adapter is not installed."""
+    try:
+        from assistant.live_source import RunStoreLiveSource
+    except ImportError:
+        return None
+    return RunStoreLiveSource(data_dir)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
         kb = load_kb(args.kb) if args.kb else load_kb()
-        answer = Assistant(kb).ask(args.question, lang=args.lang)
+        # Only live questions pay for importing the run store.
+        live = live_source(args.data_dir) if detect_live_intent(args.question) else None
+        answer = Assistant(kb, live=live).ask(args.question, lang=args.lang)
     except (KBError, AskError, LanguageError, LLMConfigError) as exc:
         _fail(str(exc))
     if args.json:

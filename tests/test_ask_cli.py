@@ -157,3 +157,29 @@ def test_module_in_a_fresh_process_prints_only_json(kb_dir: Path, tmp_path: Path
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert json.loads(proc.stdout)["lang"] == "zh"
+
+
+def test_live_question_reads_the_run_store_in_data_dir(
+    kb_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("assistant.live_source")
+    empty = tmp_path / "no-runs"
+    empty.mkdir()
+    code, out, _ = run_main(
+        capsys, "What is the accuracy of the latest round?", "--json", "--kb", str(kb_dir),
+        "--data-dir", str(empty),
+    )  # fmt: skip
+    data = json.loads(out)
+    assert code == 0 and data["abstained"] and "make demo" in data["answer"]
+    assert list(empty.iterdir()) == []  # reading must not create a store
+
+
+def test_live_question_without_adapter_says_no_store_is_connected(
+    kb_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import assistant.__main__ as cli
+
+    monkeypatch.setattr(cli, "live_source", lambda data_dir: None)
+    code, out, _ = run_main(capsys, "节点3消耗了多少隐私预算？", "--json", "--kb", str(kb_dir))
+    data = json.loads(out)
+    assert code == 0 and data["lang"] == "zh" and "运行记录库" in data["answer"]
