@@ -221,7 +221,7 @@ class _Validator:
         fname = node.func.id if isinstance(node.func, ast.Name) else None
         if fname not in FUNCTIONS:
             raise self.fail(
-                f"call to {ast.unparse(node.func)!r} is not allowed; functions: "
+                f"call to {ast.unparse(node.func)[:40]!r} is not allowed; functions: "
                 f"{', '.join(FUNCTIONS)}"
             )
         if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
