@@ -173,7 +173,7 @@ _sections = st.sampled_from(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(st.dictionaries(_sections, st.one_of(_scalars, st.dictionaries(_keys, _scalars))))
 def test_random_manifests_parse_or_fail_cleanly(data: dict[str, Any]) -> None:
     try:
@@ -184,7 +184,7 @@ def test_random_manifests_parse_or_fail_cleanly(data: dict[str, Any]) -> None:
         assert parse_manifest(m.to_dict()) == m
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(st.text(max_size=200))
 def test_random_toml_text_parses_or_fails_cleanly(text: str) -> None:
     try:

@@ -148,7 +148,7 @@ _ops = st.sampled_from(
 )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=500, deadline=None, database=None)
 @given(st.lists(st.one_of(_atoms, _ops), min_size=1, max_size=25))
 def test_random_token_soup_gives_a_value_or_a_policy_error(tokens: list[str]) -> None:
     src = "".join(tokens)
@@ -159,7 +159,7 @@ def test_random_token_soup_gives_a_value_or_a_policy_error(tokens: list[str]) ->
         assert "\n" not in str(exc)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(st.text(max_size=MAX_SOURCE + 20))
 def test_random_text_gives_a_value_or_a_policy_error(src: str) -> None:
     with contextlib.suppress(PolicyError):
@@ -172,7 +172,7 @@ _values = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(st.fixed_dictionaries({k: _values for k in FACTS}))
 def test_shipped_style_conditions_on_random_facts_never_crash(facts: dict[str, Any]) -> None:
     for src in (

@@ -187,7 +187,10 @@ _rule = st.dictionaries(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=300, deadline=None, database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     st.fixed_dictionaries(
         {"pack": st.fixed_dictionaries({"name": st.just("fuzz")}),
@@ -218,7 +221,7 @@ _conditions = st.sampled_from([
 ])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(
     field=st.sampled_from(sorted(_VALID["rule"][0]) + ["applies", "extra"]),
     value=st.one_of(_toml_values, _conditions),

@@ -196,7 +196,7 @@ _config_values = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(st.dictionaries(
     st.sampled_from(["dp", "dp-epsilon", "dp-delta", "purpose", "mode", "secagg", "min-nodes",
                      "aggregation", "server-country", "tls", "log-retention-days", "lr"]),
