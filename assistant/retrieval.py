@@ -106,7 +106,9 @@ def stem(word: str) -> str:
     if len(w) <= 3:
         return w
     for suffix in ("ations", "ation", "ings", "ing", "ions", "ion", "ed", "ly"):
-        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
+        # "ly" needs a longer stem, or "apply" and "only" would lose their ending.
+        min_stem = 4 if suffix == "ly" else 3
+        if w.endswith(suffix) and len(w) - len(suffix) >= min_stem:
             if suffix in ("ions", "ion") and w[-len(suffix) - 1] not in "ts":
                 continue
             w = w[: -len(suffix)]
@@ -332,7 +334,7 @@ def _tokenize_kb(kb: KnowledgeBase) -> dict[str, list]:  # type: ignore[type-arg
 
 
 # Bump when tokenize() changes, so stale token caches are ignored.
-TOKENIZER_VERSION = 2
+TOKENIZER_VERSION = 3
 
 
 def _cache_file(kb: KnowledgeBase, cache_dir: Path | None) -> Path:

@@ -150,6 +150,7 @@ def test_tokens_cover_chinese_words_bigrams_and_stemmed_english() -> None:
     assert any(t.endswith("息出") for t in tokens)  # a character bigram across words
     assert stem("anonymization") == stem("anonymised") == stem("anonymise")
     assert stem("licenses") == stem("licence")
+    assert stem("applies") == stem("apply") != "app"
     assert "the" not in tokenize("the model")
 
 
