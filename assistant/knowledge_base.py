@@ -150,7 +150,8 @@ def _date(value: Any, where: _Where, today: dt.date) -> dt.date:
             raise where.error("last_verified", f"{value!r} is not a date; use YYYY-MM-DD") from None
     if not isinstance(value, dt.date):
         raise where.error("last_verified", "must be a date in the form YYYY-MM-DD")
-    if value > today:
+    # One day of slack: an entry verified "today" in UTC+8 is still "tomorrow" for a US user.
+    if value > today + dt.timedelta(days=1):
         raise where.error("last_verified", f"{value} is in the future; use the day you checked")
     return value
 
