@@ -158,7 +158,11 @@ def confidence(hits: Sequence[Hit], lang: Lang) -> float:
 
 
 class Assistant:
-    """Answers compliance questions from the KB and run questions from a LiveSource."""
+    """Answers compliance questions from the KB and run questions from a LiveSource.
+
+    `ask` only reads the shared index, so one instance can serve many threads (Streamlit
+    sessions). The index is cached per process, so creating more instances is cheap too.
+    """
 
     def __init__(
         self,
@@ -169,6 +173,8 @@ class Assistant:
         rewriter: LLMRewriter | None = None,
         use_env_llm: bool = True,
     ) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold {threshold} is outside [0, 1]; use e.g. {THRESHOLD}")
         self.kb = kb if kb is not None else load_kb()
         self.live = live
         self.threshold = threshold
