@@ -1,18 +1,19 @@
 """Policy engine: rules as data (TOML packs), evaluated against a run and its node manifests.
 
-Typical use by the server::
+Typical use by the server (``run_policy_gate`` does exactly this)::
 
     packs = load_packs(run_config.get("policy-packs", "baseline"), [data_dir / "policy-packs"],
                        parse_param_overrides(run_config.get("policy-params", "")))
     report = evaluate(run_config, manifests, packs)
     audit_verdicts(audit_log, report, run_id)
-    if report.run_failed: refuse to start, naming report.failing_nodes
+    if report.run_failed: refuse to start with report.summary()
 """
 
 from privacy.policy.engine import evaluate
 from privacy.policy.errors import EvalError, ExprError, PolicyError
 from privacy.policy.expr import Expr, compile_expr
 from privacy.policy.facts import RunFacts, load_run_config
+from privacy.policy.gate import run_policy_gate
 from privacy.policy.loader import (
     BUILTIN_PACKS,
     Pack,
@@ -41,4 +42,5 @@ __all__ = [
     "load_packs",
     "load_run_config",
     "parse_param_overrides",
+    "run_policy_gate",
 ]

@@ -102,6 +102,15 @@ class PolicyReport:
                 return v
         return None
 
+    def summary(self) -> str:
+        """One line for logs and refusals: which rules failed where, or that none did."""
+        if not self.run_failed:
+            warn = self.counts["warn"]
+            return f"policy check passed ({warn} warning{'s' if warn != 1 else ''})"
+        parts = [f"run: {', '.join(self.failing_run_rules)}"] if self.failing_run_rules else []
+        parts += [f"{node}: {', '.join(ids)}" for node, ids in sorted(self.failing_nodes.items())]
+        return "policy check failed: " + "; ".join(parts)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": "fedguard.policy-report/1",

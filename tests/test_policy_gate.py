@@ -1,0 +1,56 @@
+"""The server's one-call gate: packs from the run config and the data dir, verdicts audited."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from privacy.audit import AuditLog
+from privacy.manifest import load_manifest, parse_manifest
+from privacy.policy import PolicyError, load_run_config, run_policy_gate
+from privacy.policy.loader import ENV_VAR
+
+DATA = Path(__file__).parent / "data" / "policy"
+TODAY = date(2026, 11, 24)
+
+
+@pytest.fixture(autouse=True)
+def _no_env_packs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+
+
+def test_gate_uses_config_packs_data_dir_packs_and_audits(tmp_path: Path) -> None:
+    (tmp_path / "policy-packs").mkdir()
+    shutil.copy(DATA / "user-packs" / "hospital.toml", tmp_path / "policy-packs")
+    good = load_manifest(DATA / "good-manifest.toml")
+    tiny = parse_manifest({**good.to_dict(), "dataset": {**good.to_dict()["dataset"],
+                                                         "records": 100}})
+    config = {**load_run_config(DATA / "good-run.toml"),
+              "policy-params": "gdpr.dpia-max-age-days=30"}
+    log = AuditLog(tmp_path / "audit.jsonl")
+    report = run_policy_gate(config, {1: good, 2: tiny}, tmp_path, log, "run-1", today=TODAY)
+    assert {p["name"] for p in report.packs} == {"baseline", "gdpr", "hospital"}
+    assert report.failing_nodes == {"2": ["H1.enough-records"]}
+    assert report.find("P13.gdpr-dpia-current", "1").status == "warn"  # 176 days > 30
+    assert report.summary() == "policy check failed: 2: H1.enough-records"
+    entries = list(log.entries())
+    assert len(entries) == len(report.verdicts) + 1
+    assert entries[-1]["payload"]["run_id"] == "run-1" and log.verify().ok
+
+
+def test_gate_passes_and_says_so(tmp_path: Path) -> None:
+    config = load_run_config(DATA / "good-run.toml")
+    report = run_policy_gate(config, {"a": load_manifest(DATA / "good-manifest.toml")},
+                             tmp_path, today=TODAY)
+    assert not report.run_failed
+    assert report.summary() == "policy check passed (0 warnings)"
+
+
+def test_gate_rejects_bad_config(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="parameter override"):
+        run_policy_gate({"policy-params": "oops"}, {}, tmp_path)
+    with pytest.raises(PolicyError, match="unknown policy pack"):
+        run_policy_gate({"policy-packs": "baseline,nope"}, {}, tmp_path)
