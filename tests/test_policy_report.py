@@ -106,3 +106,9 @@ def test_markdown_escapes_table_pipes() -> None:
     md = PolicyReport([v], [{"name": "p", "version": "1"}], "2026-01-01").to_markdown()
     row = next(line for line in md.splitlines() if line.startswith("| warn"))
     assert row.count(" | ") == 5
+
+
+def test_summary_is_one_line_naming_failures(report: PolicyReport) -> None:
+    assert report.summary() == (
+        "policy check failed: run: P6.secagg-min-nodes; b: P9.noncommercial-licence"
+    )
