@@ -1,0 +1,1 @@
+"""Streamlit pages of the fedguard assistant; `assistant/app.py` wires them into one app."""
