@@ -77,6 +77,21 @@ def _cmd_start(args: argparse.Namespace) -> int:
         return 130
 
 
+def _cmd_ledger(args: argparse.Namespace) -> int:
+    from clients.node_privacy import LEDGER_FILE
+    from privacy.ledger import LedgerError, PrivacyLedger, format_ledger
+
+    path = Path(args.data_dir).expanduser() / LEDGER_FILE
+    if not path.is_file():
+        return _fail(f"no privacy ledger at {path}; give the node's --data-dir (the one it was "
+                     "started with)")
+    try:
+        print(format_ledger(PrivacyLedger(path, create=False), accountant=args.accountant))
+    except LedgerError as err:
+        return _fail(str(err))
+    return 0
+
+
 def _fail(msg: str) -> int:
     print(f"fedguard-node: error: {msg}", file=sys.stderr)
     return 2
@@ -102,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--insecure", action="store_true", help="no TLS, no authentication (tests)")
     s.add_argument("--detach", action="store_true", help="start and return immediately")
     s.set_defaults(func=_cmd_start)
+    led = sub.add_parser("ledger", help="print this node's DP releases and total epsilon")
+    led.add_argument("--data-dir", required=True, help="the node's directory")
+    led.add_argument("--accountant", default="rdp", choices=["rdp", "prv"])
+    led.set_defaults(func=_cmd_ledger)
     return p
 
 

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import torch
 
 from clients.data import Split
+from clients.node_privacy import open_session
 from clients.task import TaskConfig, load_node_data, new_model
 from clients.training import evaluate, make_loader, make_optimizer, train_epochs
 
 State = dict[str, torch.Tensor]
+
+
+@dataclass
+class TrainOutcome:
+    """New weights and metrics, or a refusal (the node's privacy budget would be overspent)."""
+
+    state: State | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    refusal: str = ""
 
 
 @lru_cache(maxsize=8)
@@ -27,21 +38,55 @@ def node_data(task: TaskConfig, node_config: Mapping[str, Any]) -> Split:
 
 
 def local_train(
-    task: TaskConfig, node_config: Mapping[str, Any], state: State, server_round: int
-) -> tuple[State, dict[str, float]]:
-    """Train the global model on the node's data; return new weights and metrics."""
+    task: TaskConfig,
+    node_config: Mapping[str, Any],
+    state: State,
+    server_round: int,
+    run_config: Mapping[str, Any] | None = None,
+    flower_run_id: int = 0,
+) -> TrainOutcome:
+    """Train the global model on the node's data, under DP-SGD when the run asks for it.
+
+    With DP the node first asks its ledger whether one more round fits its budget, and records
+    the round's release before the update leaves the node (a crash can only over-count).
+    """
     data = node_data(task, node_config)
+    session = open_session(task, data, node_config, run_config or {}, flower_run_id)
+    if session is not None:
+        decision = session.check(server_round)
+        if not decision.allowed:
+            return TrainOutcome(
+                None,
+                {
+                    "num-examples": 0.0,
+                    "dp-epsilon-spent": decision.spent_before,
+                    "dp-epsilon-budget": decision.budget,
+                },
+                refusal=decision.message,
+            )
     model = new_model(task)
     model.load_state_dict(state, strict=True)
     loader = make_loader(data, task.batch_size, shuffle=True, seed=task.seed + server_round)
-    result = train_epochs(model, loader, make_optimizer(model, task.lr), task.local_epochs)
+    optimizer = make_optimizer(model, task.lr)
+    if session is None:
+        result = train_epochs(model, loader, optimizer, task.local_epochs)
+        new_state, dp_metrics = model.state_dict(), {}
+    else:
+        private = session.make_private(model, optimizer, loader)
+        result = train_epochs(
+            private.model, private.loader, private.optimizer, task.local_epochs, private.criterion
+        )
+        session.record(server_round, private)
+        dp_metrics = {**session.round_metrics(private), "dp-delta": session.cfg.delta}
+        new_state = private.finish().state_dict()
     metrics = {
         "num-examples": float(len(data)),
         "loss": result.loss,
         "accuracy": result.accuracy,
         "train-time": result.seconds,
+        **dp_metrics,
     }
-    return model.state_dict(), metrics
+    return TrainOutcome(new_state, metrics)
 
 
 def local_evaluate(

@@ -14,7 +14,7 @@ from clients.task import ConfigError
 from server.config import ServerConfig
 from server.run import FederatedRun
 from server.store import RunStore, StoreError, default_data_dir
-from server.strategy import FedGuardFedAvg
+from server.strategy import FedGuardFedAvg, RunStopped
 
 app = ServerApp()
 
@@ -60,6 +60,11 @@ def main(grid: Grid, context: Context) -> None:
     try:
         if remaining > 0:
             _run_rounds(grid, cfg, run, remaining)
+    except RunStopped as stop:
+        store.finish_run(run_id, "stopped", str(stop))
+        run.event("run-stopped", str(stop))
+        log(ERROR, "fedguard: run %s stopped: %s", run_id, stop)
+        return
     except Exception as err:
         store.finish_run(run_id, "failed", f"{type(err).__name__}: {err}")
         run.event("run-failed", f"{type(err).__name__}: {err}")

@@ -220,7 +220,7 @@ class RunStore:
                     m.pop("loss", None),
                     m.pop("accuracy", None),
                     m.pop("train-time", None),
-                    m.pop("epsilon", None),
+                    m.pop("epsilon", m.pop("dp-epsilon-spent", None)),
                     _json(m),
                 ),
             )

@@ -18,6 +18,10 @@ from server.run import FederatedRun
 REFUSED_KEY = "refused"
 
 
+class RunStopped(Exception):
+    """The run cannot go on (e.g. too few nodes left); ends it cleanly with this reason."""
+
+
 def reply_metrics(msg: Message) -> dict[str, Any]:
     """The reply's MetricRecord as a plain dict (empty if it has none)."""
     for rec in msg.content.metric_records.values():
@@ -68,9 +72,11 @@ class FedGuardFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         rnd = self.run.global_round(server_round)
         good = self._sort_replies(rnd, replies, "train")
-        if not good:
-            self.run.event("round-empty", f"round {rnd}: no usable update; model unchanged", rnd)
-            return None, None
+        if len(good) < self.min_train_nodes:
+            self.run.event("round-empty", f"round {rnd}: {len(good)} usable update(s), fewer "
+                           f"than min-nodes={self.min_train_nodes}; model unchanged", rnd)
+            raise RunStopped(f"too few nodes left in round {rnd}: {len(good)} trained, "
+                             f"min-nodes={self.min_train_nodes} (see refusals/failures)")
         return super().aggregate_train(rnd, good)
 
     def aggregate_evaluate(

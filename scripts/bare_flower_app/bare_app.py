@@ -26,10 +26,11 @@ client = ClientApp()
 def train(msg: Message, context: Context) -> Message:
     task = TaskConfig()
     state = msg.content["arrays"].to_torch_state_dict()
-    new, metrics = local_train(task, context.node_config, state,
-                               int(msg.content["config"]["server-round"]))
-    return Message(RecordDict({"arrays": ArrayRecord(new), "metrics": MetricRecord(metrics)}),
-                   reply_to=msg)
+    out = local_train(task, context.node_config, state, int(msg.content["config"]["server-round"]))
+    return Message(
+        RecordDict({"arrays": ArrayRecord(out.state), "metrics": MetricRecord(out.metrics)}),
+        reply_to=msg,
+    )
 
 
 @client.evaluate()

@@ -1,0 +1,92 @@
+"""DP-SGD through the real app: ledger spend across rounds and runs, refusals, dp=false."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from clients.__main__ import main as node_main
+from privacy.accounting import epsilon
+from privacy.ledger import PrivacyLedger
+from tests.conftest import rows_by, run_simulation
+
+pytestmark = pytest.mark.slow
+
+DP = {"dp": True, "dp_epsilon": 2.0, "dp_delta": 1e-5, "fraction_evaluate": 0.0,
+      "lr": 0.05, "batch_size": 32, "local_epochs": 1}
+
+
+def _ledgers(data_dir):
+    return sorted((data_dir / "nodes").glob("partition-*/privacy-ledger.sqlite"))
+
+
+def test_spend_grows_across_rounds_and_runs_and_overspend_is_refused(tmp_path, capsys) -> None:
+    data_dir = tmp_path / "store"
+    common = {**DP, "data_dir": str(data_dir)}
+    status, run1, store = run_simulation(tmp_path / "a", nodes=3, rounds=2, **common)
+    assert status == "finished:completed"
+    first = rows_by(store.node_results(run1, "train"), "node_id")
+    assert len(first) == 3
+    for rows in first.values():
+        eps = [r["epsilon"] for r in sorted(rows, key=lambda r: r["round"])]
+        assert eps[0] < eps[1] <= 2.0 + 1e-6  # monotone, and the run's target is met
+    ledgers = _ledgers(data_dir)
+    assert len(ledgers) == 3
+    for path in ledgers:
+        db = sqlite3.connect(path)
+        # Calibrated once for the run, although each round is a separate ClientApp call.
+        assert db.execute("SELECT COUNT(*) FROM calibrations").fetchone()[0] == 1
+        assert db.execute("SELECT COUNT(*) FROM releases").fetchone()[0] == 2
+
+    # A budget between "one more round" and "two more rounds" of the same mechanism for every
+    # node: run 2 may train round 1 and must refuse round 2.
+    lows, highs = [], []
+    for path in ledgers:
+        rel = [e.release for e in PrivacyLedger(path, create=False).releases()]
+        lows.append(epsilon(rel + rel[:1], 1e-5))
+        highs.append(epsilon(rel + rel, 1e-5))
+    budget = (max(lows) + min(highs)) / 2
+    assert max(lows) < budget < min(highs)
+    status, run2, store = run_simulation(tmp_path / "b", nodes=3, rounds=2,
+                                         node_privacy_budget=budget, **common)
+    assert status == "finished:completed"  # the ServerApp ended cleanly ...
+    run = store.get_run(run2)
+    assert run["status"] == "stopped" and "too few nodes" in run["error"]  # ... and says why
+    refusals = store.events(run2, "node-refused")
+    assert refusals and all("budget" in e["message"] for e in refusals)
+    refused_rows = [r for r in store.node_results(run2, "train") if r["status"] == "refused"]
+    assert refused_rows and all(r["round"] == 2 for r in refused_rows)
+    assert all(r["epsilon"] <= budget for r in refused_rows)
+    trained2 = [r for r in store.node_results(run2, "train") if r["status"] == "ok"]
+    assert len(trained2) == 3 and all(r["round"] == 1 for r in trained2)
+    for path in ledgers:
+        ledger = PrivacyLedger(path, create=False)
+        (fp,) = {e.fingerprint for e in ledger.releases()}
+        spent = ledger.spent(fp, 1e-5)
+        assert 2.0 < spent <= budget  # grew across runs, never over budget
+        runs = {e.run_id for e in ledger.releases()}
+        assert run1 in runs
+        db = sqlite3.connect(path)
+        assert db.execute("SELECT COUNT(*) FROM calibrations").fetchone()[0] == 2
+
+    # The operator's view of one node's ledger.
+    assert node_main(["ledger", "--data-dir", str(ledgers[0].parent)]) == 0
+    out = capsys.readouterr().out
+    assert run1 in out and "epsilon" in out.lower()
+
+
+def test_dp_false_records_no_release(tmp_path) -> None:
+    data_dir = tmp_path / "store"
+    status, run_id, store = run_simulation(tmp_path, nodes=2, rounds=1, dp=False,
+                                           data_dir=str(data_dir), fraction_evaluate=0.0)
+    assert status == "finished:completed"
+    assert all(r["epsilon"] is None for r in store.node_results(run_id))
+    for path in _ledgers(data_dir):
+        assert PrivacyLedger(path, create=False).releases() == []
+
+
+def test_ledger_cli_errors_are_one_line(tmp_path, capsys) -> None:
+    assert node_main(["ledger", "--data-dir", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no privacy ledger" in err and "\n" not in err
