@@ -51,6 +51,7 @@ RUN_CONFIG: dict[str, Any] = {
 RUN_TOML = """\
 num-server-rounds = 3
 min-nodes = 3
+batch-size = 32
 purpose = "research"
 mode = "deployment"
 tls = true

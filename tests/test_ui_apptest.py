@@ -1,0 +1,361 @@
+"""The Streamlit pages, run headless with `streamlit.testing.v1.AppTest` over a recorded run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from assistant.ui.policy import evaluate_uploads, report_from_rows
+from assistant.ui.text import md_escape, strip_control
+from server.store import RunStore
+from tests.conftest import ROOT
+from tests.ui_fixtures import (
+    MANIFEST_TOML,
+    NODES,
+    RUN_ID,
+    RUN_TOML,
+    RecordedRun,
+    build_recorded_run,
+)
+
+TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> RecordedRun:
+    return build_recorded_run(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture
+def home(recorded: RecordedRun, monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordedRun]:
+    monkeypatch.setenv("FEDGUARD_HOME", str(recorded.data_dir))
+    monkeypatch.delenv("FEDGUARD_LLM_BASE_URL", raising=False)
+    yield recorded
+
+
+def page(name: str, run: str | None = None) -> AppTest:
+    """One page's `render()` as a tiny script, so each page is tested on its own."""
+    at = AppTest.from_string(
+        f"from assistant.ui.{name} import render\nrender()\n", default_timeout=TIMEOUT
+    )
+    if run is not None:
+        at.query_params["run"] = run
+    return at.run()
+
+
+def texts(at: AppTest) -> str:
+    """Everything the page shows as text (markdown, captions, alerts, titles)."""
+    parts = []
+    for kind in ("title", "subheader", "markdown", "caption", "info", "warning", "error",
+                 "success"):
+        parts += [str(el.value) for el in getattr(at, kind)]
+    return "\n".join(parts)
+
+
+def ask(at: AppTest, question: str) -> AppTest:
+    at.chat_input[0].set_value(question).run()
+    assert not at.exception, at.exception
+    return at
+
+
+# --- the whole app ---------------------------------------------------------------------------
+
+
+def test_app_starts_on_the_assistant_page(home: RecordedRun) -> None:
+    at = AppTest.from_file(str(ROOT / "assistant" / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert at.title[0].value == "Compliance assistant"
+    assert len(at.chat_input) == 1
+    assert md_escape(home.data_dir) in texts(at)  # the sidebar names the store
+
+
+# --- Assistant -------------------------------------------------------------------------------
+
+
+def test_chat_answers_with_citation_confidence_and_disclaimer(home: RecordedRun) -> None:
+    at = ask(page("chat"), "Do I need a DPIA?")
+    shown = texts(at)
+    assert "**Sources**" in shown
+    assert md_escape("GDPR Art. 35") in shown
+    assert "Confidence" in shown
+    assert "not legal advice" in shown
+    assert len(at.chat_message) == 2
+    history = at.session_state["chat_history"]
+    assert [t["role"] for t in history] == ["user", "assistant"]
+    assert history[1]["sources"] and not history[1]["abstained"]
+    # A second question keeps the first exchange on screen.
+    ask(at, "What is differential privacy?")
+    assert len(at.chat_message) == 4
+
+
+def test_chat_answers_in_the_language_of_the_question(home: RecordedRun) -> None:
+    at = ask(page("chat"), "训练数据跨境传输需要做什么？")
+    turn = at.session_state["chat_history"][-1]
+    assert turn["lang"] == "zh"
+    shown = texts(at)
+    assert "来源" in shown or "未作答" in shown
+    assert "不构成法律意见" in shown
+
+
+def test_chat_abstains_visibly_with_suggested_topics(home: RecordedRun) -> None:
+    at = ask(page("chat"), "What is the best pizza topping in Naples?")
+    assert at.session_state["chat_history"][-1]["abstained"]
+    warning = at.warning[0].value
+    assert md_escape("I don't know") in warning
+    assert md_escape("You could ask about:") in warning
+    assert "Abstained" in texts(at)
+
+
+def test_chat_live_question_reads_the_run_store(home: RecordedRun) -> None:
+    at = ask(page("chat"), "How much privacy budget has node 101 spent?")
+    shown = texts(at)
+    assert md_escape("ε = 2.70") in shown
+    assert "From the run store" in shown
+    assert md_escape(f"run {RUN_ID}") in shown
+
+
+def test_chat_rejects_long_questions_with_a_message(home: RecordedRun) -> None:
+    at = ask(page("chat"), "Is this lawful? " * 200)
+    assert "shorten it to at most 2000 characters" in at.error[0].value
+    assert at.session_state["chat_history"][-1]["role"] == "assistant"
+
+
+def test_chat_shows_html_and_markdown_as_text(home: RecordedRun) -> None:
+    hostile = '<script>alert("x")</script> ![img](http://example.invalid/a.png) :red[hi]'
+    at = ask(page("chat"), hostile)
+    question = at.chat_message[0].markdown[0].value
+    assert question == md_escape(hostile)
+    assert "<script>" not in question and "![img]" not in question and ":red[" not in question
+
+
+def test_chat_strips_control_characters(home: RecordedRun) -> None:
+    at = ask(page("chat"), "What is\x00 differential\x07 privacy?\x1b")
+    user = at.session_state["chat_history"][0]
+    assert user["text"] == "What is differential privacy?"
+    assert "3 control character(s) removed" in texts(at)
+    assert not at.error
+
+
+def test_chat_empty_after_cleaning(home: RecordedRun) -> None:
+    at = ask(page("chat"), "\x00\x01 ")
+    assert "empty" in at.error[0].value
+
+
+# --- Training --------------------------------------------------------------------------------
+
+
+def test_training_shows_rounds_nodes_privacy_settings_and_events(home: RecordedRun) -> None:
+    at = page("training", run=RUN_ID)
+    assert not at.exception
+    assert at.selectbox[0].value == RUN_ID
+    assert [m.value for m in at.metric][:2] == ["✅ completed", "3/3"]
+    assert {"Loss", "Accuracy", "Events"} <= {s.value for s in at.subheader}
+    frames = {tuple(df.value.columns)[:2]: df.value for df in at.dataframe}
+    nodes = frames[("node", "rounds trained")]
+    assert list(nodes["node"]) == list(NODES)
+    assert dict(zip(nodes["node"], nodes["rounds trained"], strict=True)) == {
+        "101": 3, "102": 3, "103": 2,
+    }
+    assert dict(zip(nodes["node"], nodes["refused"], strict=True))["103"] == 1
+    spend = next(df.value for df in at.dataframe if "epsilon spent" in df.value.columns)
+    assert spend.set_index("node").loc["101", "epsilon spent"] == pytest.approx(2.7)
+    assert spend.set_index("node").loc["101", "used"] == "90%"
+    settings = frames[("setting", "value")].set_index("setting")["value"]
+    assert settings["dp-epsilon"] == "3.0" and settings["secagg"] == "True"
+    secagg = frames[("round", "masked")].set_index("round")
+    assert secagg.loc[2, "dropped"] == "102" and secagg.loc[2, "recovered"] == "102"
+    events = frames[("time", "round")]
+    assert {"node-refused", "node-excluded", "run-completed"} <= set(events["kind"])
+    assert "node\\-refused" in at.warning[0].value
+
+
+def test_training_run_from_query_param_and_unknown_run(home: RecordedRun, tmp_path: Path) -> None:
+    at = page("training", run="no-such-run")
+    assert "is not in the run store" in at.warning[0].value
+    assert at.selectbox[0].value == RUN_ID  # falls back to the latest run
+    assert at.query_params["run"] == RUN_ID  # the URL now names the run shown
+
+
+def test_training_live_run_without_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    build_recorded_run(tmp_path, with_live_run=True)
+    monkeypatch.setenv("FEDGUARD_HOME", str(tmp_path))
+    at = page("training")
+    assert not at.exception
+    assert at.metric[0].value == "🟢 running"
+    shown = texts(at)
+    assert "No round has finished yet" in shown
+    assert "refreshing every" in shown
+
+
+# --- Policy checks ---------------------------------------------------------------------------
+
+
+def test_policy_shows_stored_verdicts_and_offers_downloads(home: RecordedRun) -> None:
+    at = page("policy", run=RUN_ID)
+    assert not at.exception
+    assert "PASS with warnings" in at.warning[0].value
+    table = at.dataframe[0].value
+    assert "P1.dp-for-personal-data" in set(table["rule"])
+    assert any("GDPR" in c for c in table["citation"])
+    labels = {b.label for b in at.get("download_button")}
+    assert {"Download Markdown report", "Download JSON report", "Stored report-md"} <= labels
+    at.radio(key="policy_lang").set_value("zh").run()
+    table = at.dataframe[0].value
+    assert "规则" in table.columns and "依据" in table.columns
+
+
+def test_policy_evaluates_uploaded_files(home: RecordedRun) -> None:
+    at = page("policy")
+    at.file_uploader(key="policy_config").set_value(("run.toml", RUN_TOML.encode(), "text/plain"))
+    at.file_uploader(key="policy_manifests").set_value([
+        ("clinic-a.toml", MANIFEST_TOML.encode(), "text/plain"),
+        ("clinic-b.toml", MANIFEST_TOML.encode(), "text/plain"),
+    ])
+    at.multiselect(key="policy_packs").set_value(["baseline", "gdpr", "pipl"])
+    at.button(key="policy_evaluate").click().run()
+    assert not at.exception
+    assert not at.error
+    assert any("PASS" in s.value for s in at.success) or any("PASS" in w.value for w in at.warning)
+    table = at.dataframe[-1].value
+    assert {"clinic-a", "clinic-b"} <= set(table["node"])
+    assert {"baseline", "gdpr", "pipl"} == set(table["pack"])
+    assert len([b for b in at.get("download_button") if "upload" in str(b.key)]) == 2
+
+
+@pytest.mark.parametrize(
+    ("config", "manifest", "message"),
+    [
+        (b"dp = [unclosed", MANIFEST_TOML.encode(), "run.toml is not valid TOML"),
+        (RUN_TOML.encode(), b"[dataset]\nnmae = 'x'\n", "bad.toml: manifest field dataset.nmae"),
+        (b"dp-epsilon = 'lots'", MANIFEST_TOML.encode(), "dp-epsilon"),
+        (b"\xff\xfe", MANIFEST_TOML.encode(), "run.toml"),
+    ],
+)
+def test_policy_malformed_uploads_give_one_line_errors(
+    home: RecordedRun, config: bytes, manifest: bytes, message: str
+) -> None:
+    at = page("policy")
+    at.file_uploader(key="policy_config").set_value(("run.toml", config, "text/plain"))
+    at.file_uploader(key="policy_manifests").set_value([("bad.toml", manifest, "text/plain")])
+    at.button(key="policy_evaluate").click().run()
+    assert not at.exception
+    assert len(at.error) == 1
+    error = at.error[0].value
+    assert "\n" not in error and "Traceback" not in error
+    assert md_escape(message) in error
+
+
+def test_policy_report_round_trips_from_stored_rows(home: RecordedRun) -> None:
+    store = RunStore.in_dir(home.data_dir, readonly=True)
+    rows = store.verdicts(RUN_ID)
+    store.close()
+    report = report_from_rows(rows)
+    assert len(report.verdicts) == len(rows)
+    assert {p["name"] for p in report.packs} == {"baseline", "gdpr"}
+    data = json.loads(report.to_json("zh"))
+    assert data["lang"] == "zh" and data["counts"]["warn"] > 0
+    assert "基础" in report.to_markdown("zh") or "差分隐私" in report.to_markdown("zh")
+    fresh = evaluate_uploads(("run.toml", RUN_TOML.encode()),
+                             [("n1.toml", MANIFEST_TOML.encode())], ["baseline"])
+    assert not fresh.run_failed
+
+
+# --- Provenance ------------------------------------------------------------------------------
+
+
+def test_provenance_verifies_the_runs_record_and_model(home: RecordedRun) -> None:
+    at = page("provenance", run=RUN_ID)
+    at.button(key="provenance_verify_run").click().run()
+    assert not at.exception
+    assert "Verified" in at.success[0].value
+    assert "model file matches" in at.success[0].value
+
+
+def test_provenance_detects_a_different_model_and_untrusted_key(home: RecordedRun) -> None:
+    at = page("provenance")
+    at.text_input(key="provenance_key").set_value("AAAA" + home.public_key[4:])
+    at.file_uploader(key="provenance_record").set_value(
+        ("provenance.json", home.provenance.read_bytes(), "application/json")
+    )
+    at.file_uploader(key="provenance_model").set_value(
+        ("model.pt", home.checkpoints[0].read_bytes(), "application/octet-stream")
+    )
+    at.button(key="provenance_verify_upload").click().run()
+    assert not at.exception
+    error = at.error[0].value
+    assert "signed by a key other than the trusted one" in error
+    assert md_escape("model.pt does not match") in error
+
+
+def test_provenance_upload_with_trusted_key_passes(home: RecordedRun) -> None:
+    at = page("provenance")
+    at.text_input(key="provenance_key").set_value(home.public_key)
+    at.file_uploader(key="provenance_record").set_value(
+        ("provenance.json", home.provenance.read_bytes(), "application/json")
+    )
+    at.button(key="provenance_verify_upload").click().run()
+    assert "Verified" in at.success[0].value
+    assert "model file" not in at.success[0].value
+
+
+def test_provenance_tampered_and_malformed_records(home: RecordedRun) -> None:
+    signed = json.loads(home.provenance.read_text())
+    signed["record"]["privacy"]["101"]["epsilon"] = 0.01  # claim less privacy loss
+    at = page("provenance")
+    at.file_uploader(key="provenance_record").set_value(
+        ("edited.json", json.dumps(signed).encode(), "application/json")
+    )
+    at.button(key="provenance_verify_upload").click().run()
+    assert "signature does not match" in at.error[0].value
+    at.file_uploader(key="provenance_record").set_value(
+        ("broken.json", b"{not json", "application/json")
+    )
+    at.button(key="provenance_verify_upload").click().run()
+    assert not at.exception
+    assert at.error[0].value == md_escape(
+        "broken.json is not JSON; upload the provenance .json record"
+    )
+
+
+# --- empty or missing store ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["training", "policy", "provenance"])
+def test_pages_explain_a_missing_store(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEDGUARD_HOME", str(tmp_path / "empty"))
+    at = page(name)
+    assert not at.exception
+    assert "No runs yet" in at.info[0].value and "make demo" in at.info[0].value
+
+
+def test_pages_explain_an_empty_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    RunStore.in_dir(tmp_path).close()
+    monkeypatch.setenv("FEDGUARD_HOME", str(tmp_path))
+    at = page("training")
+    assert "No runs yet" in at.info[0].value
+
+
+def test_pages_report_a_corrupt_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "runs.sqlite").write_bytes(b"garbage" * 200)
+    monkeypatch.setenv("FEDGUARD_HOME", str(tmp_path))
+    at = page("training")
+    assert not at.exception
+    assert "not a fedguard database" in at.error[0].value
+
+
+def test_chat_works_without_a_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDGUARD_HOME", str(tmp_path / "none"))
+    at = ask(page("chat"), "What is the status of the latest run?")
+    assert "No run recorded yet" in texts(at)
+
+
+def test_text_helpers() -> None:
+    assert strip_control("a\x00b\nc\u200bd") == ("ab\ncd", 2)
+    assert md_escape("a*b*\n<i>") == "a\\*b\\*  \n\\<i\\>"
+    assert md_escape("x" * 10, limit=3) == "xxx…"
