@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clients.task import ConfigError, TaskConfig, _get
+from server.strategy import AGGREGATORS
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,11 @@ class ServerConfig:
     data_dir: str
     resume: str
     task: TaskConfig
+    aggregation: str = "fedavg"
+    num_malicious: int = 0
+    trim_beta: float = 0.2
+    update_norm_bound: float = 0.0
+    round_timeout: float = 600.0
 
     @classmethod
     def from_run_config(cls, cfg: Mapping[str, Any]) -> ServerConfig:
@@ -31,7 +37,24 @@ class ServerConfig:
             data_dir=_get(cfg, "data-dir", str, ""),
             resume=_get(cfg, "resume", str, ""),
             task=TaskConfig.from_run_config(cfg),
+            aggregation=_get(cfg, "aggregation", str, "fedavg"),
+            num_malicious=_get(cfg, "aggregation-malicious", int, 0),
+            trim_beta=_get(cfg, "trim-beta", float, 0.2),
+            update_norm_bound=_get(cfg, "update-norm-bound", float, 0.0),
+            round_timeout=_get(cfg, "round-timeout", float, 600.0),
         )
+        if sc.aggregation not in AGGREGATORS:
+            raise ConfigError(f"run config aggregation={sc.aggregation!r}: use one of "
+                              f"{', '.join(AGGREGATORS)}")
+        if sc.num_malicious < 0:
+            raise ConfigError(f"run config aggregation-malicious={sc.num_malicious}: must be >= 0")
+        if not 0 <= sc.trim_beta < 0.5:
+            raise ConfigError(f"run config trim-beta={sc.trim_beta}: must be in [0, 0.5), e.g. 0.2")
+        if sc.update_norm_bound < 0:
+            raise ConfigError(f"run config update-norm-bound={sc.update_norm_bound}: must be >= 0 "
+                              "(0 = no bound)")
+        if sc.round_timeout <= 0:
+            raise ConfigError(f"run config round-timeout={sc.round_timeout}: seconds, e.g. 600")
         if sc.num_rounds < 1:
             raise ConfigError(f"run config num-server-rounds={sc.num_rounds}: must be >= 1")
         for key, val in (

@@ -61,6 +61,8 @@ class FederatedRun:
         self._testset: Split | None = None
         self._model = new_model(task)
         self._rounds: dict[int, RoundState] = {}
+        # node id -> record count its manifest declares; bounds its `num-examples`.
+        self.declared_records: dict[str, int] = {}
 
     @property
     def testset(self) -> Split:

@@ -14,7 +14,7 @@ from clients.task import ConfigError
 from server.config import ServerConfig
 from server.run import FederatedRun
 from server.store import RunStore, StoreError, default_data_dir
-from server.strategy import FedGuardFedAvg, RunStopped
+from server.strategy import RunStopped, build_strategy
 
 app = ServerApp()
 
@@ -76,8 +76,12 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def _run_rounds(grid: Grid, cfg: ServerConfig, run: FederatedRun, remaining: int) -> None:
-    strategy = FedGuardFedAvg(
+    strategy = build_strategy(
+        cfg.aggregation,
         run,
+        num_malicious=cfg.num_malicious,
+        trim_beta=cfg.trim_beta,
+        update_norm_bound=cfg.update_norm_bound,
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
         min_train_nodes=cfg.min_nodes,
@@ -98,5 +102,6 @@ def _run_rounds(grid: Grid, cfg: ServerConfig, run: FederatedRun, remaining: int
         grid=grid,
         initial_arrays=ArrayRecord(run.initial_state()),
         num_rounds=remaining,
+        timeout=cfg.round_timeout,
         evaluate_fn=evaluate_fn,
     )

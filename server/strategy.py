@@ -1,7 +1,8 @@
-"""Flower glue: a sample-weighted FedAvg that reports every reply to a FederatedRun.
+"""Flower glue: Flower's FedAvg-family strategies, plus fedguard's checks and records.
 
-Replies are sorted before aggregation: errors and refusals (a node whose privacy budget would be
-overspent answers without weights) are recorded and left out; the rest go to Flower's FedAvg.
+`FedGuardMixin` sorts every reply before aggregation: errors, refusals (a node whose privacy
+budget would be overspent answers without weights) and updates that fail validation are recorded
+and left out; the rest go to the Flower strategy chosen by the run config's `aggregation`.
 """
 
 from __future__ import annotations
@@ -9,13 +10,25 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
 from server.run import FederatedRun
+from server.validation import InvalidUpdate, UpdateRules, check_update, rules_for
 
 REFUSED_KEY = "refused"
+
+AGGREGATORS: dict[str, type[FedAvg]] = {
+    "fedavg": FedAvg,
+    "median": FedMedian,
+    "trimmed-mean": FedTrimmedAvg,
+    "krum": Krum,
+    "multikrum": MultiKrum,
+    "bulyan": Bulyan,
+}
+ROBUST = frozenset(AGGREGATORS) - {"fedavg"}
 
 
 class RunStopped(Exception):
@@ -29,24 +42,55 @@ def reply_metrics(msg: Message) -> dict[str, Any]:
     return {}
 
 
-class FedGuardFedAvg(FedAvg):
-    """FedAvg that numbers rounds globally (resume-safe) and records each node's result."""
+def _numpy_state(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in arrays.items()}
 
-    def __init__(self, run: FederatedRun, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+
+class FedGuardMixin:
+    """Numbers rounds globally (resume-safe), validates and records each node's result."""
+
+    min_train_nodes: int
+
+    def __init__(self, run: FederatedRun, *args: Any, update_norm_bound: float = 0.0,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.run = run
+        self.update_norm_bound = update_norm_bound
+        self._global: dict[str, np.ndarray] = {}
+        self._rules: UpdateRules | None = None
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         rnd = self.run.global_round(server_round)
         self.run.begin_round(rnd)
-        return super().configure_train(rnd, arrays, config, grid)
+        self._global = _numpy_state(arrays)
+        self._rules = rules_for(self._global, self.update_norm_bound)
+        return super().configure_train(rnd, arrays, config, grid)  # type: ignore[misc]
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return super().configure_evaluate(self.run.global_round(server_round), arrays, config, grid)
+        rnd = self.run.global_round(server_round)
+        return super().configure_evaluate(rnd, arrays, config, grid)  # type: ignore[misc]
+
+    def _validate(self, node: int, msg: Message, metrics: dict[str, Any]) -> str:
+        """'' if the train reply is usable, else the reason it is not."""
+        if self._rules is None:
+            return ""
+        arrays = list(msg.content.array_records.values())
+        if len(arrays) != 1:
+            return f"expected one ArrayRecord, got {len(arrays)}"
+        try:
+            update = _numpy_state(arrays[0])
+            norm = check_update(self._rules, self._global, update, metrics.get("num-examples"),
+                                self.run.declared_records.get(str(node)))
+        except InvalidUpdate as err:
+            return str(err)
+        except Exception as err:  # a malformed record must not take the server down
+            return f"unreadable update ({type(err).__name__})"
+        metrics["update-norm"] = norm
+        return ""
 
     def _sort_replies(self, rnd: int, replies: Iterable[Message], phase: str) -> list[Message]:
         good: list[Message] = []
@@ -63,6 +107,13 @@ class FedGuardFedAvg(FedAvg):
                 self.run.node_result(rnd, node, phase, "refused", metrics)
                 self.run.event("node-refused", reason or f"node {node} refused {phase}", rnd, node)
                 continue
+            if phase == "train":
+                problem = self._validate(node, msg, metrics)
+                if problem:
+                    self.run.node_result(rnd, node, phase, "rejected", {**metrics,
+                                                                         "reason": problem})
+                    self.run.event("update-rejected", f"node {node}: {problem}", rnd, node)
+                    continue
             self.run.node_result(rnd, node, phase, "ok", metrics)
             good.append(msg)
         return good
@@ -75,13 +126,36 @@ class FedGuardFedAvg(FedAvg):
         if len(good) < self.min_train_nodes:
             self.run.event("round-empty", f"round {rnd}: {len(good)} usable update(s), fewer "
                            f"than min-nodes={self.min_train_nodes}; model unchanged", rnd)
-            raise RunStopped(f"too few nodes left in round {rnd}: {len(good)} trained, "
+            raise RunStopped(f"too few nodes left in round {rnd}: {len(good)} usable, "
                              f"min-nodes={self.min_train_nodes} (see refusals/failures)")
-        return super().aggregate_train(rnd, good)
+        return super().aggregate_train(rnd, good)  # type: ignore[misc]
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         rnd = self.run.global_round(server_round)
         good = self._sort_replies(rnd, replies, "evaluate")
-        return super().aggregate_evaluate(rnd, good) if good else None
+        return super().aggregate_evaluate(rnd, good) if good else None  # type: ignore[misc]
+
+
+def build_strategy(
+    aggregation: str,
+    run: FederatedRun,
+    *,
+    num_malicious: int = 0,
+    trim_beta: float = 0.2,
+    update_norm_bound: float = 0.0,
+    **fedavg_kwargs: Any,
+) -> FedAvg:
+    """The run's strategy: Flower's aggregator `aggregation` with fedguard's checks."""
+    base = AGGREGATORS[aggregation]
+    cls = type(f"FedGuard{base.__name__}", (FedGuardMixin, base), {})
+    extra: dict[str, Any] = {}
+    if aggregation in ("krum", "multikrum", "bulyan"):
+        extra["num_malicious_nodes"] = num_malicious
+    if aggregation == "multikrum":
+        extra["num_nodes_to_select"] = max(1, fedavg_kwargs.get("min_train_nodes", 2)
+                                           - num_malicious)
+    if aggregation == "trimmed-mean":
+        extra["beta"] = trim_beta
+    return cls(run, update_norm_bound=update_norm_bound, **fedavg_kwargs, **extra)
