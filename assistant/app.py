@@ -23,12 +23,15 @@ from assistant.ui.text import md_escape  # noqa: E402
 
 
 def main() -> None:
-    st.set_page_config(page_title="fedguard", page_icon="🛡️", layout="wide")
+    st.set_page_config(page_title="fedguard", page_icon=":material/shield:", layout="wide")
     pages = [
-        st.Page(chat.render, title="Assistant", icon="💬", url_path="assistant", default=True),
-        st.Page(training.render, title="Training", icon="📈", url_path="training"),
-        st.Page(policy.render, title="Policy checks", icon="⚖️", url_path="policy"),
-        st.Page(provenance.render, title="Provenance", icon="🔏", url_path="provenance"),
+        st.Page(chat.render, title="Assistant", icon=":material/chat:", url_path="assistant",
+                default=True),
+        st.Page(training.render, title="Training", icon=":material/monitoring:",
+                url_path="training"),
+        st.Page(policy.render, title="Policy checks", icon=":material/gavel:", url_path="policy"),
+        st.Page(provenance.render, title="Provenance", icon=":material/verified_user:",
+                url_path="provenance"),
     ]
     nav = st.navigation(pages)
     st.sidebar.caption(f"Run store: {md_escape(data_dir())}")

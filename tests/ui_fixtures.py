@@ -8,7 +8,14 @@ manifests, policy verdicts with report artefacts, checkpoints and a signed prove
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,3 +249,60 @@ def _build(store: RunStore, data_dir: Path, with_live_run: bool) -> RecordedRun:
         public_key=public_key_b64(key), checkpoints=paths,
         failed_rules=report.failing_run_rules,
     )
+
+
+# --- a real `streamlit run` on loopback, for the browser test ---------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def streamlit_server(data_dir: Path, log_path: Path, timeout: float = 90) -> Iterator[str]:
+    """`streamlit run assistant/app.py` on 127.0.0.1 with FEDGUARD_HOME=data_dir; yields the URL.
+
+    The server is stopped (terminate, then kill) when the block exits, also on failure.
+    """
+    port = free_port()
+    env = {**os.environ, "FEDGUARD_HOME": str(data_dir), "PYTHONUNBUFFERED": "1"}
+    env.pop("FEDGUARD_LLM_BASE_URL", None)
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(ROOT / "assistant" / "app.py"),
+        "--server.headless", "true", "--server.port", str(port),
+        "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+        "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal",
+    ]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_healthy(proc, url, timeout, log_path)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], url: str, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"streamlit exited with {proc.returncode}:\n{tail}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"streamlit did not answer on {url} within {timeout:.0f} s")

@@ -32,7 +32,6 @@ from privacy.policy.report import STATUSES
 
 MAX_TOML_BYTES = 256 * 1024
 LANGS = {"en": "English", "zh": "中文"}
-ICON = {"pass": "✅", "fail": "❌", "warn": "⚠️", "info": "ℹ️", "not-applicable": "➖"}
 RESULT_KEY = "policy_upload_report"
 _L = {
     "en": {"run": "(run)", "verdict": "verdict", "rule": "rule", "pack": "pack", "node": "node",
@@ -90,7 +89,7 @@ def verdict_table(report: PolicyReport, lang: str) -> pd.DataFrame:
     t = _L[lang]
     return pd.DataFrame([
         {
-            t["verdict"]: f"{ICON.get(v.status, '')} {v.status}",
+            t["verdict"]: v.status,
             t["rule"]: v.rule_id,
             t["pack"]: v.pack,
             t["node"]: v.node or t["run"],

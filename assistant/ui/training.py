@@ -18,7 +18,6 @@ from assistant.ui.data import StoreUnavailable, pick_run, query, runs_or_message
 from assistant.ui.text import md_escape, utc
 
 REFRESH_S = 3.0
-STATUS_ICON = {"running": "🟢", "completed": "✅", "failed": "❌", "stopped": "⏹️"}
 # Run-config keys shown as the run's privacy settings (any other dp-*/secagg-* key is added).
 SETTINGS = (
     "dp", "dp-epsilon", "dp-delta", "dp-accountant", "dp-clip-norm", "dp-max-grad-norm",
@@ -34,7 +33,7 @@ def runs_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
         [
             {
                 "run": str(r["run_id"]),
-                "status": f"{STATUS_ICON.get(r['status'], '')} {r['status']}".strip(),
+                "status": r["status"],
                 "rounds": f"{r['last_round']}/{r['num_rounds']}",
                 "started": utc(r["started_at"]),
                 "ended": utc(r["ended_at"]),
@@ -159,7 +158,7 @@ def run_view(run_id: str) -> None:
     config = run.get("config") or {}
     live = run["status"] == "running"
     cols = st.columns(4)
-    cols[0].metric("Status", f"{STATUS_ICON.get(run['status'], '')} {run['status']}")
+    cols[0].metric("Status", run["status"])
     cols[1].metric("Rounds", f"{run['last_round']}/{run['num_rounds']}")
     last_acc = next((r["server_accuracy"] for r in reversed(rounds)
                      if r.get("server_accuracy") is not None), None)

@@ -1,0 +1,133 @@
+"""The real app in a real headless Chromium: chat with a citation, the training page of a
+recorded run, and a screenshot of every page (to $FEDGUARD_SCREENSHOT_DIR, default tmp_path).
+
+Uses Debian's /usr/bin/chromium through the Python playwright package (no browser download).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.ui_fixtures import RUN_ID, build_recorded_run, streamlit_server
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+WAIT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Streamlit server for the module, over a freshly recorded run."""
+    root = tmp_path_factory.mktemp("ui-browser")
+    build_recorded_run(root / "store")
+    with streamlit_server(root / "store", root / "streamlit.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing; `make test` installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: object) -> Iterator[object]:
+    context = browser.new_context(viewport={"width": 1366, "height": 900})  # type: ignore[attr-defined]
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    configured = os.environ.get("FEDGUARD_SCREENSHOT_DIR")
+    out = Path(configured) if configured else tmp_path_factory.mktemp("screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _open(page: object, url: str) -> None:
+    page.goto(url, wait_until="domcontentloaded")  # type: ignore[attr-defined]
+    page.wait_for_selector('[data-testid="stAppViewContainer"]', timeout=WAIT_MS)  # type: ignore[attr-defined]
+
+
+def _shot(page: object, shots: Path, name: str) -> Path:
+    """Whole page: Streamlit scrolls inside its main pane, so grow the viewport to fit it."""
+    path = shots / f"{name}.png"
+    height = page.evaluate(  # type: ignore[attr-defined]
+        "() => Math.max(...Array.from(document.querySelectorAll("
+        "'[data-testid=stMain], [data-testid=stAppViewContainer], body'), e => e.scrollHeight))"
+    )
+    page.set_viewport_size({"width": 1366, "height": min(int(height) + 80, 8000)})  # type: ignore[attr-defined]
+    page.wait_for_timeout(800)  # type: ignore[attr-defined]  # let charts redraw at the new size
+    page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
+    assert path.stat().st_size > 10_000
+    return path
+
+
+def test_chat_answers_with_a_citation(app_url: str, page: object, shots: Path) -> None:
+    _open(page, app_url)
+    box = page.locator('[data-testid="stChatInputTextArea"]')  # type: ignore[attr-defined]
+    box.wait_for(timeout=WAIT_MS)
+    box.fill("Do I need a DPIA for federated learning?")
+    box.press("Enter")
+    answer = page.locator('[data-testid="stChatMessage"]').nth(1)  # type: ignore[attr-defined]
+    answer.get_by_text("Sources", exact=True).wait_for(timeout=WAIT_MS)
+    text = answer.inner_text()
+    assert "GDPR Art. 35" in text
+    assert "Confidence" in text and "not legal advice" in text
+    box.fill('<img src=x onerror="document.title=\'pwned\'"> what is a DPIA?')
+    box.press("Enter")
+    question = page.locator('[data-testid="stChatMessage"]').nth(2)  # type: ignore[attr-defined]
+    question.get_by_text("<img src=x", exact=False).wait_for(timeout=WAIT_MS)
+    assert page.title() != "pwned"  # type: ignore[attr-defined]
+    assert page.locator('[data-testid="stChatMessage"] img[src="x"]').count() == 0  # type: ignore[attr-defined]
+    page.locator('[data-testid="stChatMessage"]').nth(3).get_by_text(  # type: ignore[attr-defined]
+        "Confidence"
+    ).wait_for(timeout=WAIT_MS)
+    _shot(page, shots, "assistant")
+
+
+def test_training_page_of_the_recorded_run(app_url: str, page: object, shots: Path) -> None:
+    _open(page, f"{app_url}/training?run={RUN_ID}")
+    page.get_by_text("Node participation").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    page.get_by_text("1 × node-excluded, 1 × node-refused").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    charts = page.locator('[data-testid="stVegaLiteChart"]')  # type: ignore[attr-defined]
+    charts.nth(2).wait_for(timeout=WAIT_MS)  # loss, accuracy, epsilon vs budget
+    body = page.inner_text("body")  # type: ignore[attr-defined]
+    assert "3/3" in body and "completed" in body and "87.0%" in body
+    assert f"run={RUN_ID}" in page.url  # type: ignore[attr-defined]
+    _shot(page, shots, "training")
+
+
+def test_policy_page(app_url: str, page: object, shots: Path) -> None:
+    _open(page, f"{app_url}/policy?run={RUN_ID}")
+    page.get_by_text("PASS with warnings").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    page.get_by_role("button", name="Download Markdown report").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    _shot(page, shots, "policy")
+
+
+def test_provenance_page_verifies(app_url: str, page: object, shots: Path) -> None:
+    _open(page, f"{app_url}/provenance?run={RUN_ID}")
+    page.get_by_role("button", name="Verify", exact=True).click(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    page.get_by_text("Verified: signature valid").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    page.get_by_text("Full record (JSON)").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    _shot(page, shots, "provenance")
