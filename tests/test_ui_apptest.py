@@ -92,6 +92,15 @@ def test_chat_answers_with_citation_confidence_and_disclaimer(home: RecordedRun)
     assert len(at.chat_message) == 4
 
 
+def test_chat_history_can_be_cleared(home: RecordedRun) -> None:
+    at = ask(page("chat"), "What is differential privacy?")
+    assert not any("Try:" in m.value for m in at.markdown)  # examples go once a question is asked
+    at.sidebar.button(key="chat_clear").click().run()
+    assert at.session_state["chat_history"] == []
+    assert len(at.chat_message) == 0
+    assert any("Try:" in m.value for m in at.markdown)
+
+
 def test_chat_answers_in_the_language_of_the_question(home: RecordedRun) -> None:
     at = ask(page("chat"), "训练数据跨境传输需要做什么？")
     turn = at.session_state["chat_history"][-1]
@@ -164,6 +173,8 @@ def test_training_shows_rounds_nodes_privacy_settings_and_events(home: RecordedR
     spend = next(df.value for df in at.dataframe if "epsilon spent" in df.value.columns)
     assert spend.set_index("node").loc["101", "epsilon spent"] == pytest.approx(2.7)
     assert spend.set_index("node").loc["101", "used"] == "90%"
+    # Node 103's refused round still shows the DP settings of its last accepted update.
+    assert spend.set_index("node").loc["103", "noise-multiplier"] == pytest.approx(1.1)
     settings = frames[("setting", "value")].set_index("setting")["value"]
     assert settings["dp-epsilon"] == "3.0" and settings["secagg"] == "True"
     secagg = frames[("round", "masked")].set_index("round")
@@ -206,6 +217,8 @@ def test_policy_shows_stored_verdicts_and_offers_downloads(home: RecordedRun) ->
     at.radio(key="policy_lang").set_value("zh").run()
     table = at.dataframe[0].value
     assert "规则" in table.columns and "依据" in table.columns
+    assert "基础" in " ".join(table["检查项"]) or "差分隐私" in " ".join(table["检查项"])
+    assert at.warning[0].value.startswith("通过（有警告）")
 
 
 def test_policy_evaluates_uploaded_files(home: RecordedRun) -> None:

@@ -127,17 +127,18 @@ def render() -> None:
         "Answers cite their sources; general information, not legal advice."
     )
     history: list[dict[str, Any]] = st.session_state.setdefault(HISTORY_KEY, [])
-    if not history:
-        st.markdown("Try: " + " · ".join(f"*{md_escape(q)}*" for q in EXAMPLES))
-    for turn in history:
-        _show(turn)
+    # chat_input is pinned to the bottom wherever it is called; reading it first lets this run
+    # draw the new exchange in order and drop the examples once a question was asked.
     question = st.chat_input(
         "Ask a question (English or 中文)", max_chars=MAX_QUESTION_CHARS * 2
     )
-    if question is None:
-        return
-    new = respond(question)
-    history.extend(new)
-    del history[:-MAX_TURNS * 2]
-    for turn in new:
+    if question is not None:
+        history.extend(respond(question))
+        del history[:-MAX_TURNS * 2]
+    if not history:
+        st.markdown("Try: " + " · ".join(f"*{md_escape(q)}*" for q in EXAMPLES))
+    elif st.sidebar.button("Clear conversation", key="chat_clear"):
+        history.clear()
+        st.rerun()
+    for turn in history:
         _show(turn)

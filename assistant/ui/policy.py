@@ -39,6 +39,15 @@ _L = {
     "zh": {"run": "（整个训练）", "verdict": "结论", "rule": "规则", "pack": "策略包",
            "node": "节点", "check": "检查项", "citation": "依据", "explanation": "说明"},
 }
+_RESULT = {
+    "en": {"fail": "FAIL — the run must not start.", "warn": "PASS with warnings.",
+           "pass": "PASS — no failing rule.",
+           "note": "Thresholds are configurable internal defaults, not legal requirements; "
+                   "this report is not legal advice."},
+    "zh": {"fail": "不通过：本次训练不得启动。", "warn": "通过（有警告）。",
+           "pass": "通过：没有不通过的规则。",
+           "note": "阈值为可配置的内部默认值，并非法律要求；本报告不构成法律意见。"},
+}
 
 
 def _text(value: Any, lang: str) -> str:
@@ -104,15 +113,15 @@ def verdict_table(report: PolicyReport, lang: str) -> pd.DataFrame:
 def show_report(report: PolicyReport, lang: str, key: str) -> None:
     """Result line, counts, the verdict table and the two downloads."""
     counts = ", ".join(f"{n} {s}" for s, n in report.counts.items() if n)
+    text = _RESULT[lang]
     if report.run_failed:
-        st.error(f"FAIL — the run must not start. {counts}")
+        st.error(f"{text['fail']} {counts}")
     elif report.counts.get("warn"):
-        st.warning(f"PASS with warnings. {counts}")
+        st.warning(f"{text['warn']} {counts}")
     else:
-        st.success(f"PASS — no failing rule. {counts}")
+        st.success(f"{text['pass']} {counts}")
     st.dataframe(verdict_table(report, lang), hide_index=True)
-    st.caption("Thresholds are configurable internal defaults, not legal requirements; "
-               "this report is not legal advice.")
+    st.caption(text["note"])
     left, right = st.columns(2)
     left.download_button(
         "Download Markdown report", report.to_markdown(lang), file_name=f"policy-report-{lang}.md",

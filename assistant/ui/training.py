@@ -78,12 +78,15 @@ def participation(results: list[dict[str, Any]]) -> pd.DataFrame:
 def privacy_spend(results: list[dict[str, Any]], config: dict[str, Any]) -> pd.DataFrame:
     """Per node: latest epsilon spent and its budget (node's own, else the run's dp-epsilon)."""
     latest: dict[str, dict[str, Any]] = {}
+    settings: dict[str, dict[str, Any]] = {}  # DP metrics of the node's last accepted update
     for r in results:
         if r["phase"] == "train" and r.get("epsilon") is not None:
             latest[str(r["node_id"])] = r  # ordered by round: the last one wins
+            if r["status"] == "ok":
+                settings[str(r["node_id"])] = _metrics(r.get("metrics"))
     rows = []
     for node, r in sorted(latest.items(), key=lambda kv: (len(kv[0]), kv[0])):
-        m = _metrics(r.get("metrics"))
+        m = {**settings.get(node, {}), **_metrics(r.get("metrics"))}
         budget = m.get("privacy-budget", config.get("dp-epsilon"))
         eps = float(r["epsilon"])
         row = {"node": node, "epsilon spent": eps,
@@ -119,7 +122,8 @@ def secagg_table(rounds: list[dict[str, Any]]) -> pd.DataFrame:
 
 def events_table(events: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame([
-        {"time": utc(e["ts"]), "round": e["round"], "node": e["node_id"] or "",
+        {"time": utc(e["ts"]), "round": "" if e["round"] is None else str(e["round"]),
+         "node": e["node_id"] or "",
          "kind": e["kind"], "message": e["message"]}
         for e in events
     ])
@@ -142,7 +146,7 @@ def _charts(rounds: list[dict[str, Any]]) -> None:
         st.line_chart(df[cols].rename(columns=lambda c: c.removesuffix("_accuracy")))
 
 
-def run_view(run_id: str) -> None:
+def run_view(run_id: str, was_live: bool = False) -> None:
     """Everything about one run; reruns on its own while the run is live."""
     try:
         run = query("get_run", run_id)
@@ -157,6 +161,8 @@ def run_view(run_id: str) -> None:
         return
     config = run.get("config") or {}
     live = run["status"] == "running"
+    if was_live and not live:
+        st.rerun(scope="app")  # the run ended: redraw once without the auto-refresh
     cols = st.columns(4)
     cols[0].metric("Status", run["status"])
     cols[1].metric("Rounds", f"{run['last_round']}/{run['num_rounds']}")
@@ -223,4 +229,4 @@ def render() -> None:
     run_id = pick_run(runs, key="training_run")
     status = next(r["status"] for r in runs if str(r["run_id"]) == run_id)
     every = REFRESH_S if status == "running" else None
-    st.fragment(run_every=every)(run_view)(run_id)
+    st.fragment(run_every=every)(run_view)(run_id, every is not None)
