@@ -83,7 +83,10 @@ PACK_NAMES: dict[str, dict[str, str]] = {
 _ZH_NUM = "零一二三四五六七八九十"
 _NUM = r"[0-9]+|[零一二三四五六七八九十]+"
 _NODE_PATTERNS = (
-    re.compile(r"\bnode[\s_#-]*(?:no\.?\s*|number\s*|id\s*)?([A-Za-z]*[0-9][\w-]*)\b", re.I),
+    re.compile(
+        r"\b(?:node|client|site)[\s_#-]*(?:no\.?\s*|number\s*|id\s*)?([A-Za-z]*[0-9][\w-]*)\b",
+        re.I,
+    ),
     re.compile(r"(?:节点|客户端|参与方)\s*[#＃]?\s*(" + _NUM + r"|[A-Za-z]*[0-9][\w-]*)"),
     re.compile(r"第?\s*(" + _NUM + r")\s*(?:号|个)?\s*(?:节点|客户端|参与方)"),
 )

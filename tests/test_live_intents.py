@@ -83,6 +83,7 @@ def kb(tmp_path: Path):  # type: ignore[no-untyped-def]
     [
         ("How much privacy budget has node 3 spent?", LiveIntent("node_privacy", node="3")),
         ("What epsilon has node-7 used up so far?", LiveIntent("node_privacy", node="7")),
+        ("Has client 12 exceeded its privacy budget?", LiveIntent("node_privacy", node="12")),
         ("节点3消耗了多少隐私预算？", LiveIntent("node_privacy", node="3")),
         ("三号节点的隐私预算还剩多少？", LiveIntent("node_privacy", node="3")),
         ("Is the latest run compliant with PIPL?", LiveIntent("compliance", pack="pipl")),
