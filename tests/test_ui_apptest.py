@@ -102,12 +102,12 @@ def test_chat_history_can_be_cleared(home: RecordedRun) -> None:
 
 
 def test_chat_answers_in_the_language_of_the_question(home: RecordedRun) -> None:
-    at = ask(page("chat"), "训练数据跨境传输需要做什么？")
+    at = ask(page("chat"), "联邦学习需要做个人信息保护影响评估吗？")
     turn = at.session_state["chat_history"][-1]
-    assert turn["lang"] == "zh"
+    assert turn["lang"] == "zh" and not turn["abstained"]
     shown = texts(at)
-    assert "来源" in shown or "未作答" in shown
-    assert "不构成法律意见" in shown
+    assert "**来源**" in shown and md_escape("PIPL Art. 55") in shown
+    assert "置信度" in shown and "不构成法律意见" in shown
 
 
 def test_chat_abstains_visibly_with_suggested_topics(home: RecordedRun) -> None:

@@ -7,12 +7,14 @@ Uses Debian's /usr/bin/chromium through the Python playwright package (no browse
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.ui_fixtures import RUN_ID, build_recorded_run, streamlit_server
+from server.store import RunStore
+from tests.ui_fixtures import LIVE_RUN_ID, RUN_ID, build_recorded_run, streamlit_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -25,11 +27,17 @@ WAIT_MS = 60_000
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One Streamlit server for the module, over a freshly recorded run."""
-    root = tmp_path_factory.mktemp("ui-browser")
-    build_recorded_run(root / "store")
-    with streamlit_server(root / "store", root / "streamlit.log") as url:
+def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A recorded run plus a second run that is still `running` (no rounds yet)."""
+    data_dir = tmp_path_factory.mktemp("ui-browser") / "store"
+    build_recorded_run(data_dir, with_live_run=True)
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def app_url(store_dir: Path) -> Iterator[str]:
+    """One Streamlit server for the module."""
+    with streamlit_server(store_dir, store_dir.parent / "streamlit.log") as url:
         yield url
 
 
@@ -116,6 +124,23 @@ def test_training_page_of_the_recorded_run(app_url: str, page: object, shots: Pa
     assert "3/3" in body and "completed" in body and "87.0%" in body
     assert f"run={RUN_ID}" in page.url  # type: ignore[attr-defined]
     _shot(page, shots, "training")
+
+
+def test_training_page_refreshes_a_running_run(
+    app_url: str, store_dir: Path, page: object
+) -> None:
+    _open(page, f"{app_url}/training?run={LIVE_RUN_ID}")
+    page.get_by_text("No round has finished yet").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    page.get_by_text("0/5", exact=True).wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    store = RunStore.in_dir(store_dir)
+    try:
+        store.record_round(LIVE_RUN_ID, 1, time.time(), 3, {"server_loss": 1.5,
+                           "server_accuracy": 0.42}, "round-0001.pt", "0" * 64)
+    finally:
+        store.close()
+    # No reload: the page's fragment re-reads the store every few seconds while running.
+    page.get_by_text("42.0%", exact=True).wait_for(timeout=30_000)  # type: ignore[attr-defined]
+    page.get_by_text("1/5", exact=True).wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
 
 
 def test_policy_page(app_url: str, page: object, shots: Path) -> None:
