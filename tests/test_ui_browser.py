@@ -80,12 +80,17 @@ def _open(page: object, url: str) -> None:
 def _shot(page: object, shots: Path, name: str) -> Path:
     """Whole page: Streamlit scrolls inside its main pane, so grow the viewport to fit it."""
     path = shots / f"{name}.png"
-    height = page.evaluate(  # type: ignore[attr-defined]
-        "() => Math.max(...Array.from(document.querySelectorAll("
-        "'[data-testid=stMain], [data-testid=stAppViewContainer], body'), e => e.scrollHeight))"
-    )
-    page.set_viewport_size({"width": 1366, "height": min(int(height) + 80, 8000)})  # type: ignore[attr-defined]
-    page.wait_for_timeout(800)  # type: ignore[attr-defined]  # let charts redraw at the new size
+    last = 0
+    for _ in range(4):  # tables and charts size themselves after they are attached
+        page.wait_for_timeout(600)  # type: ignore[attr-defined]
+        height = int(page.evaluate(  # type: ignore[attr-defined]
+            "() => Math.max(...Array.from(document.querySelectorAll("
+            "'[data-testid=stMain], [data-testid=stAppViewContainer], body'), e => e.scrollHeight))"
+        ))
+        if height == last:
+            break
+        last = height
+        page.set_viewport_size({"width": 1366, "height": min(height + 80, 8000)})  # type: ignore[attr-defined]
     page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
     assert path.stat().st_size > 10_000
     return path
@@ -153,6 +158,6 @@ def test_policy_page(app_url: str, page: object, shots: Path) -> None:
 def test_provenance_page_verifies(app_url: str, page: object, shots: Path) -> None:
     _open(page, f"{app_url}/provenance?run={RUN_ID}")
     page.get_by_role("button", name="Verify", exact=True).click(timeout=WAIT_MS)  # type: ignore[attr-defined]
-    page.get_by_text("Verified: signature valid").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    page.get_by_text("Verified: the signature is valid").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
     page.get_by_text("Full record (JSON)").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
     _shot(page, shots, "provenance")

@@ -232,7 +232,8 @@ def _build(store: RunStore, data_dir: Path, with_live_run: bool) -> RecordedRun:
     record = build_record(
         checkpoints[-1][1], checkpoints,
         {n: hashlib.sha256(n.encode()).hexdigest() for n in NODES},
-        {n: {"epsilon": _epsilon(n, 3), "delta": 1e-5, "accountant": "rdp"} for n in NODES},
+        {n: {"epsilon": _epsilon(n, 2 if n == "103" else 3), "delta": 1e-5, "accountant": "rdp"}
+         for n in NODES},
         {"enabled": True}, {"report_sha256": report.sha256()}, {"fedguard": "0.1.0"},
     )
     prov = run_dir / "provenance.json"

@@ -23,6 +23,7 @@ from privacy.provenance import ProvenanceCheck, ProvenanceError, load_record, ve
 
 MAX_RECORD_BYTES = 5 * 1024 * 1024
 RESULT_KEY = "provenance_result"
+MODEL_OK = ", and the model file matches"
 
 
 def parse_record(data: bytes, name: str) -> dict[str, Any]:
@@ -80,8 +81,8 @@ def privacy_rows(signed: Mapping[str, Any]) -> pd.DataFrame:
 
 def show_result(signed: Mapping[str, Any], check: ProvenanceCheck, model_note: str) -> None:
     if check.ok:
-        st.success(f"Verified: signature valid and checkpoint chain intact{model_note}. "
-                   f"Signing key id {md_escape(check.key_id or '?')}.")
+        st.success(f"Verified: the signature is valid, the checkpoint chain recomputes"
+                   f"{model_note}. Signing key id {md_escape(check.key_id or '?')}.")
     else:
         st.error("Verification failed:  \n" + "  \n".join(
             f"• {md_escape(reason, limit=300)}" for reason in check.reasons
@@ -125,7 +126,7 @@ def _from_run(trusted: str | None) -> None:
         st.error(md_escape(str(exc)))
         return
     model = checkpoint if use_model else None
-    show_result(signed, verify(signed, model, trusted), " and model file matches" if model else "")
+    show_result(signed, verify(signed, model, trusted), MODEL_OK if model else "")
 
 
 def _upload(trusted: str | None) -> None:
@@ -143,7 +144,7 @@ def _upload(trusted: str | None) -> None:
             return
         model_in = (model.name, model.getvalue()) if model is not None else None
         check = verify(signed, model_in, trusted)
-        st.session_state[RESULT_KEY] = (signed, check, " and model file matches" if model else "")
+        st.session_state[RESULT_KEY] = (signed, check, MODEL_OK if model else "")
     result = st.session_state.get(RESULT_KEY)
     if result is not None:
         show_result(*result)
