@@ -6,14 +6,19 @@ Uses Debian's /usr/bin/chromium through the Python playwright package (no browse
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import os
+import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from server.store import RunStore
+from tests.conftest import ROOT
 from tests.ui_fixtures import LIVE_RUN_ID, RUN_ID, build_recorded_run, streamlit_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -161,3 +166,23 @@ def test_provenance_page_verifies(app_url: str, page: object, shots: Path) -> No
     page.get_by_text("Verified: the signature is valid").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
     page.get_by_text("Full record (JSON)").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
     _shot(page, shots, "provenance")
+
+
+def test_load_script_against_the_running_app(app_url: str) -> None:
+    """scripts/load_ui.py, small: concurrent chat sessions all get answers, no errors."""
+    spec = importlib.util.spec_from_file_location("load_ui", ROOT / "scripts" / "load_ui.py")
+    assert spec is not None and spec.loader is not None
+    load_ui = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = load_ui  # dataclasses look their module up by name
+    spec.loader.exec_module(load_ui)
+    args = load_ui.build_parser().parse_args(
+        ["--url", app_url, "--sessions", "4", "--duration", "4", "--max-requests", "12",
+         "--think", "0.1"]
+    )
+    # Playwright's sync API keeps an event loop on this thread; run the load on its own.
+    with ThreadPoolExecutor(1) as pool:
+        summary = pool.submit(asyncio.run, load_ui.run_load(app_url, args)).result(timeout=120)
+    assert summary["errors"] == 0, summary["error_kinds"]
+    assert 4 <= summary["answered"] <= 12  # every session answered; the request cap holds
+    assert summary["latency_s"]["p95"] > 0
+    assert load_ui.main(["--url", "http://192.0.2.1:8501"]) == 2  # loopback only
