@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,16 @@ def _metrics(row: Mapping[str, Any]) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _optional(query: Callable[[str], list[dict[str, Any]]], run_id: str) -> list[dict[str, Any]]:
+    """Rows of a table that stores from earlier fedguard versions may lack ([] then)."""
+    try:
+        return query(run_id)
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
 
 
 def node_matches(row: Mapping[str, Any], node: str) -> bool:
@@ -167,8 +178,8 @@ class RunStoreLiveSource:
             run = store.latest_run() if store else None
             if store is None or run is None:
                 return None
-            rows = store.verdicts(run["run_id"])
-            manifests = store.manifests(run["run_id"])
+            rows = _optional(store.verdicts, run["run_id"])
+            manifests = _optional(store.manifests, run["run_id"])
         config = run.get("config") or {}
         source = "recorded"
         if not rows:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -372,3 +373,25 @@ def test_text_helpers() -> None:
     assert strip_control("a\x00b\nc\u200bd") == ("ab\ncd", 2)
     assert md_escape("a*b*\n<i>") == "a\\*b\\*  \n\\<i\\>"
     assert md_escape("x" * 10, limit=3) == "xxx…"
+
+
+def test_pages_read_a_store_from_before_verdicts_existed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stores written before the verdicts/artifacts tables existed show "none", not an error.
+
+    The run is recorded through the public API; only the two tables are dropped (the one place
+    these tests touch the schema) to reproduce such an older store.
+    """
+    build_recorded_run(tmp_path)
+    with sqlite3.connect(tmp_path / "runs.sqlite") as db:
+        db.execute("DROP TABLE verdicts")
+        db.execute("DROP TABLE artifacts")
+    monkeypatch.setenv("FEDGUARD_HOME", str(tmp_path))
+    policy = page("policy", run=RUN_ID)
+    assert not policy.exception and "no stored verdicts" in policy.info[0].value
+    prov = page("provenance", run=RUN_ID)
+    assert not prov.exception and "no provenance record" in prov.info[0].value
+    # The assistant evaluates the run's stored manifests with its packs instead.
+    chat = ask(page("chat"), "Is the latest run compliant?")
+    assert md_escape("against the baseline, gdpr policy pack: PASS WITH WARNINGS") in texts(chat)

@@ -7,6 +7,7 @@ store read-only, queries and closes it. The short TTL keeps a running run's page
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from server.store import RunStore, StoreError, default_data_dir
 
 TTL_S = 2.0
 NO_RUNS = "No runs yet — run `make demo` to record a federated training run, then reload."
+# Tables that stores written by earlier fedguard versions may lack, and their "no rows" value.
+_ADDED_LATER: dict[str, Any] = {"manifests": [], "verdicts": [], "artifacts": {}, "events": []}
 _QUERIES = frozenset(
     {"list_runs", "get_run", "rounds", "node_results", "events", "manifests", "verdicts",
      "artifacts"}
@@ -55,6 +58,13 @@ def _cached(directory: str, method: str, args: tuple[Any, ...]) -> Any:
         raise StoreUnavailable(str(exc)) from None
     try:
         return getattr(store, method)(*args)
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc) and method in _ADDED_LATER:
+            return _ADDED_LATER[method]  # a store from before the table existed: no rows
+        raise StoreUnavailable(f"run store {path} cannot be read ({exc}); is it in use by an "
+                               "incompatible fedguard version?") from None
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"run store {path} cannot be read ({exc})") from None
     finally:
         store.close()
 
