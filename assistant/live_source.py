@@ -197,16 +197,15 @@ class RunStoreLiveSource:
             "source": source,
         }
 
-    @staticmethod
     def _evaluate(
-        config: Mapping[str, Any], manifests: list[dict[str, Any]], pack: str | None
+        self, config: Mapping[str, Any], manifests: list[dict[str, Any]], pack: str | None
     ) -> list[dict[str, Any]]:
         """Verdict rows for a run that stored manifests but no verdicts; [] if impossible."""
         if not manifests:
             return []
         try:
             names = pack or str(config.get("policy-packs") or "baseline")
-            packs = load_packs(names)
+            packs = load_packs(names, [self.data_dir / "policy-packs"])
             parsed = {str(m["node_id"]): parse_manifest(m["manifest"]) for m in manifests}
             report = evaluate(config, parsed, packs)
         except (PolicyError, ManifestError, KeyError, TypeError):

@@ -185,7 +185,7 @@ def test_training_shows_rounds_nodes_privacy_settings_and_events(home: RecordedR
     assert "node\\-refused" in at.warning[0].value
 
 
-def test_training_run_from_query_param_and_unknown_run(home: RecordedRun, tmp_path: Path) -> None:
+def test_training_run_from_query_param_and_unknown_run(home: RecordedRun) -> None:
     at = page("training", run="no-such-run")
     assert "is not in the run store" in at.warning[0].value
     assert at.selectbox[0].value == RUN_ID  # falls back to the latest run
@@ -395,3 +395,31 @@ def test_pages_read_a_store_from_before_verdicts_existed(
     # The assistant evaluates the run's stored manifests with its packs instead.
     chat = ask(page("chat"), "Is the latest run compliant?")
     assert md_escape("against the baseline, gdpr policy pack: PASS WITH WARNINGS") in texts(chat)
+
+
+def test_policy_upload_uses_the_stores_own_packs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pack dropped into <data dir>/policy-packs is offered and applied, as the server does."""
+    packs = tmp_path / "policy-packs"
+    packs.mkdir()
+    (packs / "consortium.toml").write_text(
+        '[pack]\nname = "consortium"\nversion = "1"\ntitle.en = "C"\ntitle.zh = "C"\n'
+        '[[rule]]\nid = "C1.big-enough"\nseverity = "fail"\nscope = "node"\n'
+        'check = "manifest.records >= 100000"\ncitation = "Consortium agreement s. 1"\n'
+        'title.en = "Enough records"\ntitle.zh = "记录足够"\n'
+        'explain.en = "Too few records."\nexplain.zh = "记录太少。"\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("FEDGUARD_HOME", str(tmp_path))
+    at = page("policy")
+    assert "No runs yet" in at.info[0].value  # the recorded-run tab; uploads still work
+    assert "consortium" in at.multiselect(key="policy_packs").options
+    at.file_uploader(key="policy_config").set_value(("run.toml", RUN_TOML.encode(), "text/plain"))
+    at.file_uploader(key="policy_manifests").set_value(
+        [("clinic-a.toml", MANIFEST_TOML.encode(), "text/plain")]
+    )
+    at.multiselect(key="policy_packs").set_value(["consortium"])
+    at.button(key="policy_evaluate").click().run()
+    assert at.error[0].value.startswith("FAIL")  # 50 000 records < 100 000
+    assert list(at.dataframe[-1].value["rule"]) == ["C1.big-enough"]

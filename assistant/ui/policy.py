@@ -16,7 +16,14 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from assistant.ui.data import StoreUnavailable, pick_run, query, runs_or_message, show_unavailable
+from assistant.ui.data import (
+    StoreUnavailable,
+    data_dir,
+    pick_run,
+    query,
+    runs_or_message,
+    show_unavailable,
+)
 from assistant.ui.text import md_escape, one_line
 from privacy.manifest import Manifest, ManifestError, loads_manifest
 from privacy.policy import (
@@ -48,6 +55,11 @@ _RESULT = {
            "pass": "通过：没有不通过的规则。",
            "note": "阈值为可配置的内部默认值，并非法律要求；本报告不构成法律意见。"},
 }
+
+
+def pack_dirs() -> list[Path]:
+    """User pack directories, as the server uses them: <data dir>/policy-packs."""
+    return [data_dir() / "policy-packs"]
 
 
 def _text(value: Any, lang: str) -> str:
@@ -83,13 +95,13 @@ def report_from_rows(rows: list[dict[str, Any]]) -> PolicyReport:
             evidence=evidence if isinstance(evidence, dict) else {}, note=note,
         ))
     names = sorted({v.pack for v in verdicts if v.pack})
-    found = available_packs()
+    found = available_packs(pack_dirs())
     packs = []
     for name in names:
         version = "?"
         if name in found:
             with contextlib.suppress(PolicyError):
-                version = load_packs([name])[0].summary().get("version", "?")
+                version = load_packs([name], pack_dirs())[0].summary().get("version", "?")
         packs.append({"name": name, "version": version})
     return PolicyReport(verdicts, packs, "recorded")
 
@@ -200,7 +212,7 @@ def evaluate_uploads(
         raise PolicyError("choose at least one policy pack")
     run = parse_run_config(config[1], config[0])
     parsed = parse_manifests(manifests)
-    return evaluate(run, parsed, load_packs(packs))
+    return evaluate(run, parsed, load_packs(packs, pack_dirs()))
 
 
 def _upload(lang: str) -> None:
@@ -209,7 +221,7 @@ def _upload(lang: str) -> None:
     config = st.file_uploader("Run config (TOML)", type=["toml"], key="policy_config")
     manifests = st.file_uploader("Node manifests (TOML)", type=["toml"],
                                  accept_multiple_files=True, key="policy_manifests")
-    names = sorted(available_packs())
+    names = sorted(available_packs(pack_dirs()))
     default = [n for n in ("baseline", "gdpr") if n in names]
     packs = st.multiselect("Policy packs", names, default=default, key="policy_packs")
     if st.button("Evaluate", type="primary", key="policy_evaluate"):
