@@ -15,11 +15,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from privacy.ledger import LedgerError, PrivacyLedger
 from privacy.manifest import ManifestError, parse_manifest
 from privacy.policy import PolicyError, evaluate, load_packs
 from server.store import RunStore, default_data_dir
 
-__all__ = ["RunStoreLiveSource", "compliance_summary", "node_matches"]
+__all__ = ["RunStoreLiveSource", "compliance_summary", "metric", "node_matches"]
+
+LEDGER_FILE = "privacy-ledger.sqlite"  # as clients/node_privacy.py names it
 
 
 def _finite(value: Any) -> float | None:
@@ -37,6 +40,17 @@ def _metrics(row: Mapping[str, Any]) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def metric(metrics: Mapping[str, Any], *names: str) -> float | None:
+    """A DP metric under any of its names: clients report `dp-delta`, `dp-epsilon-budget`...,
+    older stores and the documented schema use `delta`, `privacy-budget`... ."""
+    for name in names:
+        for key in (name, f"dp-{name}"):
+            value = _finite(metrics.get(key))
+            if value is not None:
+                return value
+    return None
 
 
 def _optional(query: Callable[[str], list[dict[str, Any]]], run_id: str) -> list[dict[str, Any]]:
@@ -137,11 +151,10 @@ class RunStoreLiveSource:
         return {k: v for k, v in out.items() if v is not None}
 
     def node_privacy(self, node: str) -> Mapping[str, Any] | None:
-        """The node's latest epsilon in the most recent run where it reported one."""
+        """The node's latest epsilon in the most recent run where it reported one; else its
+        simulated ledger."""
         with self._store() as store:
-            if store is None:
-                return None
-            for run in store.list_runs():
+            for run in store.list_runs() if store else []:
                 rows = [
                     r for r in store.node_results(run["run_id"], "train")
                     if node_matches(r, node) and _finite(r.get("epsilon")) is not None
@@ -149,7 +162,33 @@ class RunStoreLiveSource:
                 if rows:
                     config = (store.get_run(run["run_id"]) or {}).get("config") or {}
                     return self._privacy_of(node, run["run_id"], rows, config)
-        return None
+        return self._from_ledger(node)
+
+    def _from_ledger(self, node: str) -> dict[str, Any] | None:
+        """A simulated node's own ledger, `<data dir>/nodes/partition-<n>/` (the layout of
+        clients/node_privacy.py): the run store knows nodes only by Flower's random ids."""
+        if not node.isdigit():
+            return None
+        path = self.data_dir / "nodes" / f"partition-{int(node)}" / LEDGER_FILE
+        if not path.is_file():
+            return None
+        try:
+            ledger = PrivacyLedger(path, create=False)
+            entries = ledger.releases()
+            rows = ledger.summary(accountant=entries[-1].accountant) if entries else []
+        except LedgerError:
+            return None
+        if not rows:
+            return None
+        last = rows[-1]  # cumulative over every run of the latest dataset entry
+        return {
+            "node": node,
+            "run_id": str(last["run_id"]),
+            "epsilon": float(last["epsilon_cumulative"]),
+            "delta": float(last["delta"]),
+            "releases": len(entries),
+            "accountant": entries[-1].accountant,
+        }
 
     @staticmethod
     def _privacy_of(
@@ -163,9 +202,9 @@ class RunStoreLiveSource:
             "epsilon": _finite(last["epsilon"]),
             "releases": sum(1 for r in rows if r.get("status") == "ok"),
         }
-        delta = _finite(metrics.get("delta"))
+        delta = metric(metrics, "delta")
         out["delta"] = delta if delta is not None else _finite(config.get("dp-delta"))
-        budget = _finite(metrics.get("privacy-budget"))
+        budget = metric(metrics, "privacy-budget", "epsilon-budget")
         out["budget"] = budget if budget is not None else _finite(config.get("dp-epsilon"))
         accountant = metrics.get("accountant") or config.get("dp-accountant")
         if accountant:

@@ -8,7 +8,9 @@ import pytest
 
 from assistant.answering import Assistant
 from assistant.live_intents import LiveSource
-from assistant.live_source import RunStoreLiveSource, compliance_summary
+from assistant.live_source import LEDGER_FILE, RunStoreLiveSource, compliance_summary
+from privacy.accounting import Release
+from privacy.ledger import PrivacyLedger
 from privacy.manifest import loads_manifest
 from server.store import RunStore
 from tests.ui_fixtures import BUDGET, LIVE_RUN_ID, MANIFEST_TOML, RUN_ID, build_recorded_run
@@ -58,6 +60,31 @@ def test_node_privacy_by_store_id_and_by_partition(recorded: Path) -> None:
     assert by_partition["epsilon"] == pytest.approx(2.0)
     assert by_partition["releases"] == 2
     assert source.node_privacy("999") is None
+
+
+def test_node_privacy_from_client_metric_names(recorded: Path) -> None:
+    """Nodes 102/103 report `dp-epsilon-spent`, `dp-epsilon-budget`, `dp-delta`."""
+    data = RunStoreLiveSource(recorded).node_privacy("102")
+    assert data is not None
+    assert data["epsilon"] == pytest.approx(2.8)
+    assert data["budget"] == pytest.approx(BUDGET) and data["delta"] == pytest.approx(1e-5)
+
+
+def test_node_privacy_falls_back_to_a_simulated_nodes_ledger(tmp_path: Path) -> None:
+    """In a simulation the store knows Flower's random node ids; "node 3" is partition 3,
+    whose ledger lives under <data dir>/nodes/partition-3/."""
+    ledger = PrivacyLedger(tmp_path / "nodes" / "partition-3" / LEDGER_FILE)
+    for rnd in (1, 2):
+        ledger.record("r1", rnd, "f" * 64, Release(1.1, 0.1, 50), 1e-5, "rdp")
+    data = RunStoreLiveSource(tmp_path).node_privacy("3")
+    assert data is not None
+    assert data["releases"] == 2 and data["run_id"] == "r1"
+    assert data["epsilon"] == pytest.approx(
+        ledger.spent("f" * 64, 1e-5, "rdp"), rel=1e-9
+    )
+    assert data["epsilon"] > 0
+    assert RunStoreLiveSource(tmp_path).node_privacy("4") is None
+    assert not (tmp_path / "nodes" / "partition-4").exists()  # looking creates nothing
 
 
 def test_latest_compliance_from_stored_verdicts(recorded: Path) -> None:

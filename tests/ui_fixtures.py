@@ -142,6 +142,16 @@ def _epsilon(node: str, rnd: int) -> float:
     return round(0.9 * rnd + 0.1 * NODES.index(node), 3)
 
 
+def _dp_metrics(node: str, rnd: int) -> dict[str, Any]:
+    """Node 101 uses the documented metric names, the others the `dp-*` names clients send."""
+    if node == "101":
+        return {"epsilon": _epsilon(node, rnd), "delta": 1e-5, "privacy-budget": BUDGET,
+                "noise-multiplier": 1.1, "sample-rate": 0.16, "clipped-fraction": 0.4}
+    return {"dp-epsilon-spent": _epsilon(node, rnd), "dp-delta": 1e-5,
+            "dp-epsilon-budget": BUDGET, "dp-noise-multiplier": 1.1, "dp-sample-rate": 0.16,
+            "dp-clipped-fraction": 0.4 if node == "102" else -1.0, "dp-steps": 7.0}
+
+
 def build_recorded_run(data_dir: Path, with_live_run: bool = False) -> RecordedRun:
     """A completed 3-round run (and optionally a second, still running one) in `data_dir`."""
     store = RunStore.in_dir(data_dir)
@@ -166,9 +176,10 @@ def _build(store: RunStore, data_dir: Path, with_live_run: bool) -> RecordedRun:
         trained = []
         for part, node in enumerate(NODES):
             if node == "103" and rnd == 3:
-                store.record_node_result(
+                store.record_node_result(  # what clients/local_update.py reports on refusal
                     RUN_ID, rnd, node, "train", "refused",
-                    {"epsilon": _epsilon(node, 2), "privacy-budget": BUDGET, "partition-id": part},
+                    {"num-examples": 0.0, "dp-epsilon-spent": _epsilon(node, 2),
+                     "dp-epsilon-budget": BUDGET, "partition-id": part},
                 )
                 store.add_event(
                     RUN_ID, "node-refused", "node 103 refused: privacy budget would be exceeded",
@@ -181,9 +192,7 @@ def _build(store: RunStore, data_dir: Path, with_live_run: bool) -> RecordedRun:
                 {
                     "num-examples": 100 + 10 * part, "loss": 2.0 / rnd + 0.1 * part,
                     "accuracy": 0.3 * rnd - 0.02 * part, "train-time": 0.5,
-                    "epsilon": _epsilon(node, rnd), "delta": 1e-5, "privacy-budget": BUDGET,
-                    "noise-multiplier": 1.1, "sample-rate": 0.16, "clipped-fraction": 0.4,
-                    "partition-id": part,
+                    "partition-id": part, **_dp_metrics(node, rnd),
                 },
             )
             store.record_node_result(

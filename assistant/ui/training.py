@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from assistant.live_source import metric
 from assistant.ui.data import StoreUnavailable, pick_run, query, runs_or_message, show_unavailable
 from assistant.ui.text import md_escape, utc
 
@@ -87,14 +88,17 @@ def privacy_spend(results: list[dict[str, Any]], config: dict[str, Any]) -> pd.D
     rows = []
     for node, r in sorted(latest.items(), key=lambda kv: (len(kv[0]), kv[0])):
         m = {**settings.get(node, {}), **_metrics(r.get("metrics"))}
-        budget = m.get("privacy-budget", config.get("dp-epsilon"))
+        budget = metric(m, "privacy-budget", "epsilon-budget")
+        if budget is None:
+            budget = metric(config, "epsilon")  # the run's dp-epsilon
         eps = float(r["epsilon"])
-        row = {"node": node, "epsilon spent": eps,
-               "budget": float(budget) if isinstance(budget, int | float) else None}
-        row["used"] = f"{eps / row['budget']:.0%}" if row["budget"] else ""
-        row["delta"] = m.get("delta", config.get("dp-delta"))
+        row: dict[str, Any] = {"node": node, "epsilon spent": eps, "budget": budget}
+        row["used"] = f"{eps / budget:.0%}" if budget else ""
+        delta = metric(m, "delta")
+        row["delta"] = delta if delta is not None else metric(config, "delta")
         for key in ("noise-multiplier", "sample-rate", "clipped-fraction"):
-            row[key] = m.get(key)
+            value = metric(m, key)
+            row[key] = value if value is None or value >= 0 else None  # -1 = not measured
         rows.append(row)
     return pd.DataFrame(rows)
 
