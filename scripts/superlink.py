@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                   "--out DIR) or --insecure", file=sys.stderr)
             return 2
         d = Path(args.certs)
-        tls = TLSFiles(d / "ca.pem", d / "superlink.pem", d / "superlink.key")
+        tls = TLSFiles(d / "ca.crt", d / "server.pem", d / "server.key")
         for f in (tls.ca_cert, tls.server_cert, tls.server_key):
             if not f.is_file():
                 print(f"error: {f} not found; create it with scripts/make_certs.py --out {d}",

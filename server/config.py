@@ -26,6 +26,8 @@ class ServerConfig:
     trim_beta: float = 0.2
     update_norm_bound: float = 0.0
     round_timeout: float = 600.0
+    secagg: bool = False
+    secagg_options: dict[str, float] | None = None
 
     @classmethod
     def from_run_config(cls, cfg: Mapping[str, Any]) -> ServerConfig:
@@ -42,6 +44,14 @@ class ServerConfig:
             trim_beta=_get(cfg, "trim-beta", float, 0.2),
             update_norm_bound=_get(cfg, "update-norm-bound", float, 0.0),
             round_timeout=_get(cfg, "round-timeout", float, 600.0),
+            secagg=_get(cfg, "secagg", bool, False),
+            secagg_options={
+                "neighbours": _get(cfg, "secagg-neighbours", int, 0),
+                "threshold": _get(cfg, "secagg-threshold", int, 0),
+                "clip_range": _get(cfg, "secagg-clip-range", float, 8.0),
+                "quant_bits": _get(cfg, "secagg-quant-bits", int, 32),
+                "max_weight": _get(cfg, "secagg-max-weight", float, 10000.0),
+            },
         )
         if sc.aggregation not in AGGREGATORS:
             raise ConfigError(f"run config aggregation={sc.aggregation!r}: use one of "
@@ -53,6 +63,11 @@ class ServerConfig:
         if sc.update_norm_bound < 0:
             raise ConfigError(f"run config update-norm-bound={sc.update_norm_bound}: must be >= 0 "
                               "(0 = no bound)")
+        o = sc.secagg_options or {}
+        if sc.secagg and (o["clip_range"] <= 0 or o["max_weight"] <= 0):
+            raise ConfigError("run config secagg-clip-range and secagg-max-weight must be > 0")
+        if sc.secagg and not 8 <= o["quant_bits"] <= 48:
+            raise ConfigError(f"run config secagg-quant-bits={o['quant_bits']}: use 8..48, e.g. 32")
         if sc.round_timeout <= 0:
             raise ConfigError(f"run config round-timeout={sc.round_timeout}: seconds, e.g. 600")
         if sc.num_rounds < 1:

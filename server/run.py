@@ -29,12 +29,14 @@ class RoundState:
     started_at: float
     train: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> metrics (ok only)
     evaluate: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. secure-aggregation facts
 
 
 def _weighted(results: Mapping[str, Mapping[str, Any]], key: str) -> float | None:
+    """Example-weighted mean; unweighted when nodes keep their counts private (secagg)."""
     num = den = 0.0
     for m in results.values():
-        v, n = m.get(key), m.get("num-examples") or 0
+        v, n = m.get(key), m.get("num-examples", 1.0) or 0
         if v is None or not math.isfinite(float(v)):
             continue
         num += float(v) * n
@@ -96,6 +98,10 @@ class FederatedRun:
             bucket = self._state(rnd).train if phase == "train" else self._state(rnd).evaluate
             bucket[str(node_id)] = dict(metrics)
 
+    def round_extra(self, rnd: int, facts: Mapping[str, Any]) -> None:
+        """Facts stored with the round (rounds.extra), e.g. who was masked in or dropped."""
+        self._state(rnd).extra.update(facts)
+
     def event(
         self,
         kind: str,
@@ -125,7 +131,7 @@ class FederatedRun:
         path = checkpoint_path(self.run_dir, rnd)
         sha = save_checkpoint(path, {k: v.detach().cpu() for k, v in state.items()}, rnd)
         self.store.record_round(
-            self.run_id, rnd, st.started_at, len(st.train), metrics, str(path), sha
+            self.run_id, rnd, st.started_at, len(st.train), metrics, str(path), sha, st.extra
         )
         self._rounds.pop(rnd, None)
         return metrics

@@ -12,6 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 from clients.data import DataError
 from clients.task import ConfigError
 from server.config import ServerConfig
+from server.fast_grid import FastPollGrid
 from server.run import FederatedRun
 from server.store import RunStore, StoreError, default_data_dir
 from server.strategy import RunStopped, build_strategy
@@ -31,6 +32,7 @@ def _limit_threads() -> None:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     _limit_threads()
+    grid = FastPollGrid(grid)
     try:
         cfg = ServerConfig.from_run_config(context.run_config)
         data_dir = default_data_dir(cfg.data_dir)
@@ -56,6 +58,9 @@ def main(grid: Grid, context: Context) -> None:
         run.event("run-started", f"run {run_id} started", data={"data_dir": str(data_dir)})
     log(INFO, "fedguard: run %s, store %s", run_id, store.path)
 
+    if cfg.secagg and cfg.aggregation != "fedavg":
+        run.event("aggregation-ignored", f"aggregation={cfg.aggregation!r} needs individual "
+                  "updates; secure aggregation only reveals their sum, so FedAvg is used")
     remaining = cfg.num_rounds - run.round_offset
     try:
         if remaining > 0:
@@ -82,6 +87,8 @@ def _run_rounds(grid: Grid, cfg: ServerConfig, run: FederatedRun, remaining: int
         num_malicious=cfg.num_malicious,
         trim_beta=cfg.trim_beta,
         update_norm_bound=cfg.update_norm_bound,
+        secagg=cfg.secagg_options if cfg.secagg else None,
+        timeout=cfg.round_timeout,
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
         min_train_nodes=cfg.min_nodes,

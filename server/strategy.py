@@ -7,7 +7,7 @@ and left out; the rest go to the Flower strategy chosen by the run config's `agg
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -145,9 +145,21 @@ def build_strategy(
     num_malicious: int = 0,
     trim_beta: float = 0.2,
     update_norm_bound: float = 0.0,
+    secagg: Mapping[str, Any] | None = None,
+    timeout: float = 600.0,
     **fedavg_kwargs: Any,
 ) -> FedAvg:
-    """The run's strategy: Flower's aggregator `aggregation` with fedguard's checks."""
+    """The run's strategy: Flower's aggregator `aggregation` with fedguard's checks.
+
+    With `secagg` options the update is securely summed (server/secagg_strategy.py); robust
+    aggregators need individual updates, so they cannot be combined with it.
+    """
+    if secagg is not None:
+        from server.secagg_strategy import SecAggMixin
+
+        cls = type("FedGuardSecAggFedAvg", (SecAggMixin, FedGuardMixin, FedAvg), {})
+        return cls(run, update_norm_bound=update_norm_bound, secagg=secagg, timeout=timeout,
+                   **fedavg_kwargs)
     base = AGGREGATORS[aggregation]
     cls = type(f"FedGuard{base.__name__}", (FedGuardMixin, base), {})
     extra: dict[str, Any] = {}

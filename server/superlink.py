@@ -283,6 +283,13 @@ class SuperLink:
             time.sleep(poll)
         return status
 
+    def register_node(self, public_key: Path) -> None:
+        """Allow a SuperNode's public key (SuperNode authentication)."""
+        res = self.flwr("supernode", "register", str(public_key), "fedguard")
+        if res.returncode != 0:
+            raise LaunchError(f"registering {public_key} failed: "
+                              f"{(res.stderr or res.stdout).strip().splitlines()[-1:]}")
+
     def stop_run(self, run_id: int) -> None:
         self.flwr("stop", str(run_id), "fedguard", timeout=60)
 

@@ -1,0 +1,180 @@
+"""Secure aggregation through the real Flower glue, with an in-process Grid that can drop nodes.
+
+The server strategy and the real ClientApp handlers exchange real Flower Messages (serialised to
+protobuf and back, as on the wire); the Grid below delivers them and loses chosen nodes after
+chosen stages, which real processes cannot do on cue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+import clients.client_app as client_app
+from clients.local_update import local_train
+from clients.task import TaskConfig, new_model
+from server.run import FederatedRun
+from server.store import RunStore
+from server.strategy import build_strategy
+
+N = 4
+NODE_IDS = [2**64 - 5 + i for i in range(N)]  # above int64: exercises the wire encoding
+RUN_CONFIG = {"local-epochs": 1, "batch-size": 32, "lr": 0.05, "secagg-max-weight": 10000.0}
+SECAGG = {"neighbours": 0, "threshold": 0, "clip_range": 8.0, "quant_bits": 32,
+          "max_weight": 10000.0}
+HANDLERS = {
+    "train.secagg_setup": client_app.secagg_setup,
+    "train.secagg_share": client_app.secagg_share,
+    "train.secagg_masked": client_app.secagg_masked,
+    "train.secagg_unmask": client_app.secagg_unmask,
+}
+
+
+def _wire(msg: Message) -> Message:
+    return message_from_proto(message_to_proto(msg))
+
+
+class LossyGrid(Grid):
+    """Delivers each message to the node's real ClientApp handler; loses some nodes."""
+
+    def __init__(self, drop_after: dict[str, set[int]] | None = None) -> None:
+        self.drop_after = drop_after or {}
+        self.gone: set[int] = set()
+        self.contexts = {
+            nid: Context(run_id=1, node_id=nid, state=RecordDict(), run_config=RUN_CONFIG,
+                         node_config={"partition-id": i, "num-partitions": N})
+            for i, nid in enumerate(NODE_IDS)
+        }
+        self._n = 0
+
+    def set_run(self, run_id: int) -> None: ...
+
+    @property
+    def run(self):  # noqa: ANN201
+        raise NotImplementedError
+
+    def create_message(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        raise NotImplementedError
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(NODE_IDS)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise NotImplementedError
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
+        replies = []
+        for msg in messages:
+            nid = msg.metadata.dst_node_id
+            if nid in self.gone:
+                continue
+            self._n += 1
+            msg.metadata.__dict__["_message_id"] = f"m{self._n}"  # the SuperLink assigns ids
+            action = msg.metadata.message_type
+            reply = HANDLERS[action](_wire(msg), self.contexts[nid])
+            if nid in self.drop_after.get(action, set()):
+                self.gone.add(nid)  # crashed right after answering: the reply is lost
+                continue
+            replies.append(_wire(reply))
+        return replies
+
+
+@pytest.fixture(autouse=True)
+def _identity():
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    yield
+
+
+def _round(tmp_path, grid: LossyGrid):
+    task = TaskConfig.from_run_config(RUN_CONFIG)
+    store = RunStore.in_dir(tmp_path)
+    store.start_run("r", RUN_CONFIG, 1)
+    run = FederatedRun(store, "r", tmp_path, task)
+    strategy = build_strategy("fedavg", run, secagg=SECAGG, timeout=60, fraction_train=1.0,
+                              fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=N,
+                              min_evaluate_nodes=0)
+    arrays = ArrayRecord(new_model(task).state_dict())
+    msgs = list(strategy.configure_train(1, arrays, ConfigRecord(), grid))
+    replies = grid.send_and_receive(msgs)
+    new, _ = strategy.aggregate_train(1, replies)
+    return task, arrays, new, store
+
+
+def _plain_average(task, arrays, nodes):
+    """What plain sample-weighted FedAvg over `nodes` would produce."""
+    state = arrays.to_torch_state_dict()
+    outs = [local_train(task, {"partition-id": NODE_IDS.index(n), "num-partitions": N}, state, 1)
+            for n in nodes]
+    total = sum(o.metrics["num-examples"] for o in outs)
+    return {k: sum(o.state[k].numpy().astype(np.float64) * o.metrics["num-examples"]
+                   for o in outs) / total for k in state}
+
+
+def _close(new: ArrayRecord, expected: dict) -> float:
+    got = {k: v.numpy() for k, v in new.items()}
+    return max(float(np.abs(got[k] - expected[k]).max()) for k in expected)
+
+
+def test_secure_sum_equals_plain_weighted_fedavg(tmp_path) -> None:
+    task, arrays, new, store = _round(tmp_path, LossyGrid())
+    assert new is not None
+    assert _close(new, _plain_average(task, arrays, NODE_IDS)) < 1e-5
+    trained = store.node_results("r", "train")
+    assert {r["node_id"] for r in trained} == {str(n) for n in NODE_IDS}
+    assert all(r["num_examples"] is None for r in trained)  # counts stay masked
+
+
+@pytest.mark.parametrize("stage", ["train.secagg_setup", "train.secagg_share",
+                                   "train.secagg_masked", "train.secagg_unmask"])
+def test_one_dropout_after_any_stage_still_gives_the_survivors_sum(tmp_path, stage) -> None:
+    lost = NODE_IDS[1]
+    task, arrays, new, _ = _round(tmp_path, LossyGrid({stage: {lost}}))
+    assert new is not None
+    # A node lost after sending its masked input is still in the sum; earlier, it is not.
+    in_sum = NODE_IDS if stage == "train.secagg_unmask" else [n for n in NODE_IDS if n != lost]
+    assert _close(new, _plain_average(task, arrays, in_sum)) < 1e-5
+
+
+def test_too_few_survivors_ends_the_round_cleanly(tmp_path) -> None:
+    grid = LossyGrid({"train.secagg_share": {NODE_IDS[0], NODE_IDS[1]}})
+    _, _, new, store = _round(tmp_path, grid)
+    assert new is None  # the model stays as it was
+    (abort,) = store.events("r", "secagg-abort")
+    assert "model unchanged" in abort["message"] and "\n" not in abort["message"]
+
+
+def test_server_never_holds_a_single_unmasked_update(tmp_path) -> None:
+    """The masked vectors the server receives look nothing like any node's update."""
+    seen: list[np.ndarray] = []
+    grid = LossyGrid()
+    real = grid.send_and_receive
+
+    def spy(messages, *, timeout=None):
+        replies = real(messages, timeout=timeout)
+        for r in replies:
+            rec = r.content.array_records.get("secagg-arrays")
+            if rec is not None:
+                seen.extend(np.asarray(v.numpy(), dtype=np.float64) for v in rec.values())
+        return replies
+
+    grid.send_and_receive = spy  # type: ignore[method-assign]
+    task, arrays, new, _ = _round(tmp_path, grid)
+    assert new is not None and len(seen) == N
+    state = arrays.to_torch_state_dict()
+    for vec, nid in zip(seen, NODE_IDS, strict=True):
+        out = local_train(task, {"partition-id": NODE_IDS.index(nid), "num-partitions": N},
+                          state, 1)
+        plain = np.concatenate([(out.state[k].numpy() - state[k].numpy()).ravel()
+                                for k in state])
+        masked = vec[: plain.size]
+        assert abs(np.corrcoef(masked, plain)[0, 1]) < 0.1
+        assert np.all(masked != plain)
