@@ -153,20 +153,24 @@ class RunStoreLiveSource:
     def node_privacy(self, node: str) -> Mapping[str, Any] | None:
         """The node's latest epsilon in the most recent run where it reported one; else its
         simulated ledger."""
+        latest: Mapping[str, Any] = {}
         with self._store() as store:
-            for run in store.list_runs() if store else []:
-                rows = [
-                    r for r in store.node_results(run["run_id"], "train")
-                    if node_matches(r, node) and _finite(r.get("epsilon")) is not None
-                ]
-                if rows:
+            if store is not None:
+                for run in store.list_runs():
                     config = (store.get_run(run["run_id"]) or {}).get("config") or {}
-                    return self._privacy_of(node, run["run_id"], rows, config)
-        return self._from_ledger(node)
+                    latest = latest or config
+                    rows = [
+                        r for r in store.node_results(run["run_id"], "train")
+                        if node_matches(r, node) and _finite(r.get("epsilon")) is not None
+                    ]
+                    if rows:
+                        return self._privacy_of(node, run["run_id"], rows, config)
+        return self._from_ledger(node, latest)
 
-    def _from_ledger(self, node: str) -> dict[str, Any] | None:
+    def _from_ledger(self, node: str, config: Mapping[str, Any]) -> dict[str, Any] | None:
         """A simulated node's own ledger, `<data dir>/nodes/partition-<n>/` (the layout of
-        clients/node_privacy.py): the run store knows nodes only by Flower's random ids."""
+        clients/node_privacy.py): the run store knows nodes only by Flower's random ids.
+        Its budget is the latest run's `node-privacy-budget`, else its `dp-epsilon`."""
         if not node.isdigit():
             return None
         path = self.data_dir / "nodes" / f"partition-{int(node)}" / LEDGER_FILE
@@ -181,7 +185,7 @@ class RunStoreLiveSource:
         if not rows:
             return None
         last = rows[-1]  # cumulative over every run of the latest dataset entry
-        return {
+        out = {
             "node": node,
             "run_id": str(last["run_id"]),
             "epsilon": float(last["epsilon_cumulative"]),
@@ -189,6 +193,10 @@ class RunStoreLiveSource:
             "releases": len(entries),
             "accountant": entries[-1].accountant,
         }
+        budget = _finite(config.get("node-privacy-budget")) or _finite(config.get("dp-epsilon"))
+        if budget:
+            out["budget"] = budget
+        return out
 
     @staticmethod
     def _privacy_of(

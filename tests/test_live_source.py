@@ -73,12 +73,16 @@ def test_node_privacy_from_client_metric_names(recorded: Path) -> None:
 def test_node_privacy_falls_back_to_a_simulated_nodes_ledger(tmp_path: Path) -> None:
     """In a simulation the store knows Flower's random node ids; "node 3" is partition 3,
     whose ledger lives under <data dir>/nodes/partition-3/."""
+    store = RunStore.in_dir(tmp_path)
+    store.start_run("r1", {"dp": True, "dp-epsilon": 8.0, "node-privacy-budget": 6.0}, 2)
+    store.close()
     ledger = PrivacyLedger(tmp_path / "nodes" / "partition-3" / LEDGER_FILE)
     for rnd in (1, 2):
         ledger.record("r1", rnd, "f" * 64, Release(1.1, 0.1, 50), 1e-5, "rdp")
     data = RunStoreLiveSource(tmp_path).node_privacy("3")
     assert data is not None
     assert data["releases"] == 2 and data["run_id"] == "r1"
+    assert data["budget"] == 6.0  # what clients/node_privacy.py gives a simulated node
     assert data["epsilon"] == pytest.approx(
         ledger.spent("f" * 64, 1e-5, "rdp"), rel=1e-9
     )

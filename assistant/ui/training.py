@@ -25,8 +25,10 @@ SETTINGS = (
     "dp-noise-multiplier", "dp-sample-rate", "dp-privacy-unit", "secagg", "min-nodes",
     "tls", "node-auth", "aggregation", "policy-packs", "mode", "purpose", "server-country",
 )
-EVENT_KINDS_OF_NOTE = ("node-refused", "node-failed", "node-excluded", "round-empty",
-                       "secagg-abort", "run-failed")
+EVENT_KINDS_OF_NOTE = (
+    "node-refused", "node-failed", "node-excluded", "update-rejected", "round-empty",
+    "secagg-abort", "secagg-node-error", "secagg-sum-rejected", "run-failed", "run-stopped",
+)
 
 
 def runs_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
@@ -178,7 +180,7 @@ def run_view(run_id: str, was_live: bool = False) -> None:
                          + (f", ended {utc(run['ended_at'])}" if run["ended_at"] else "")
                          + (f"; refreshing every {REFRESH_S:g} s while running" if live else "")))
     if run.get("error"):
-        st.error(md_escape(f"Run failed: {run['error']}", limit=500))
+        st.error(md_escape(f"Run {run['status']}: {run['error']}", limit=500))
     _charts(rounds)
 
     st.subheader("Node participation")
