@@ -195,7 +195,7 @@ def run_view(run_id: str, was_live: bool = False) -> None:
         st.info("No node reported a DP epsilon (is `dp` off for this run?).")
     else:
         chart = spend.set_index("node")[["epsilon spent", "budget"]]
-        st.bar_chart(chart, stack=False, y_label="ε")
+        st.bar_chart(chart, stack=False, horizontal=True, x_label="node", y_label="ε")
         st.dataframe(spend, hide_index=True)
 
     left, right = st.columns(2)
