@@ -423,3 +423,10 @@ def test_policy_upload_uses_the_stores_own_packs(
     at.button(key="policy_evaluate").click().run()
     assert at.error[0].value.startswith("FAIL")  # 50 000 records < 100 000
     assert list(at.dataframe[-1].value["rule"]) == ["C1.big-enough"]
+
+
+def test_chat_reports_a_bad_llm_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDGUARD_HOME", str(tmp_path))  # a fresh store: a fresh cached Assistant
+    monkeypatch.setenv("FEDGUARD_LLM_BASE_URL", "ftp://127.0.0.1/v1")
+    at = ask(page("chat"), "What is differential privacy?")
+    assert md_escape("is not an http(s) URL") in at.error[0].value

@@ -14,6 +14,7 @@ import streamlit as st
 
 from assistant.answering import MAX_QUESTION_CHARS, Answer, AskError, Assistant, topic_label
 from assistant.live_source import RunStoreLiveSource
+from assistant.llm_rewrite import LLMConfigError
 from assistant.ui.data import data_dir
 from assistant.ui.text import md_escape, strip_control
 
@@ -73,7 +74,7 @@ def respond(question: str) -> list[dict[str, Any]]:
         )]
     try:
         answer = get_assistant(str(data_dir())).ask(cleaned)
-    except AskError as exc:
+    except (AskError, LLMConfigError) as exc:  # both carry a one-line message for the user
         return [user, _error_turn(str(exc))]
     except Exception as exc:  # noqa: BLE001 - the page must show a message, not a traceback
         log.exception("assistant failed")
