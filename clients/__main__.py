@@ -92,6 +92,22 @@ def _cmd_ledger(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_manifest_init(args: argparse.Namespace) -> int:
+    from privacy.manifest import manifest_template
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        return _fail(f"{out} exists; pass --force to overwrite it")
+    text = manifest_template(args.name, records=args.records, country=args.country)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    print(f"wrote {out}: fill in every commented line, then check it with "
+          f"`fedguard-policy check --run-config RUN.toml --manifest {out}`")
+    return 0
+
+
 def _fail(msg: str) -> int:
     print(f"fedguard-node: error: {msg}", file=sys.stderr)
     return 2
@@ -121,6 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     led.add_argument("--data-dir", required=True, help="the node's directory")
     led.add_argument("--accountant", default="rdp", choices=["rdp", "prv"])
     led.set_defaults(func=_cmd_ledger)
+    man = sub.add_parser("manifest", help="data manifests")
+    msub = man.add_subparsers(dest="manifest_command", required=True)
+    init = msub.add_parser("init", help="write a commented manifest template to fill in")
+    init.add_argument("--out", default="manifest.toml", help="where to write it")
+    init.add_argument("--name", default="my-dataset", help="dataset name")
+    init.add_argument("--records", type=int, help="number of records")
+    init.add_argument("--country", help="ISO 3166-1 alpha-2 country where the data is held")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(func=_cmd_manifest_init)
     return p
 
 

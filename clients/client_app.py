@@ -93,6 +93,18 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
+@app.query("manifest")
+def manifest(msg: Message, context: Context) -> Message:
+    """Send the node's data manifest (the file's bytes, hashed by the server) - never data."""
+    from clients.node_manifest import ManifestMissing, manifest_bytes
+
+    try:
+        data = manifest_bytes(context.node_config, context.run_config)
+    except (ManifestMissing, OSError) as err:
+        return _error_reply(msg, err)
+    return Message(content=RecordDict({"manifest": ConfigRecord({"toml": data})}), reply_to=msg)
+
+
 # --- secure aggregation (see server/secagg_strategy.py for the server's side) ----------------
 def _stage(stage: str, msg: Message, context: Context) -> Message:
     try:

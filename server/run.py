@@ -18,6 +18,7 @@ import torch
 from clients.data import Split
 from clients.task import TaskConfig, load_server_testset, new_model
 from clients.training import evaluate
+from privacy.audit import AuditLog
 from server.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from server.store import RunStore
 
@@ -65,6 +66,7 @@ class FederatedRun:
         self._rounds: dict[int, RoundState] = {}
         # node id -> record count its manifest declares; bounds its `num-examples`.
         self.declared_records: dict[str, int] = {}
+        self.audit: AuditLog | None = None  # every event also goes to the hash-chained log
 
     @property
     def testset(self) -> Split:
@@ -111,6 +113,10 @@ class FederatedRun:
         data: Mapping[str, Any] | None = None,
     ) -> None:
         self.store.add_event(self.run_id, kind, message, rnd, node_id, data)
+        if self.audit is not None:
+            self.audit.append(kind, {"run": self.run_id, "round": rnd, "message": message,
+                                     "node": None if node_id is None else str(node_id),
+                                     "data": dict(data or {})})
 
     def evaluate_state(self, state: Mapping[str, torch.Tensor]) -> tuple[float, float]:
         self._model.load_state_dict(dict(state), strict=True)
@@ -134,4 +140,9 @@ class FederatedRun:
             self.run_id, rnd, st.started_at, len(st.train), metrics, str(path), sha, st.extra
         )
         self._rounds.pop(rnd, None)
+        if self.audit is not None:
+            self.audit.append("round-completed", {
+                "run": self.run_id, "round": rnd, "checkpoint_sha256": sha,
+                "nodes": sorted(st.train), "server_accuracy": server_acc,
+            })
         return metrics

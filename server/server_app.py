@@ -1,9 +1,10 @@
-"""The Flower ServerApp: reads the run config, opens the run store, and runs FedAvg rounds."""
+"""The Flower ServerApp: config, run store, policy gate, rounds, then signed provenance."""
 
 from __future__ import annotations
 
-import os
+import json
 from logging import ERROR, INFO
+from typing import Any
 
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common.logger import log
@@ -11,6 +12,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from clients.data import DataError
 from clients.task import ConfigError
+from privacy.audit import AuditLog
+from privacy.signing import load_or_create_key
+from server.compliance import ComplianceGate, GateFailed, write_provenance
 from server.config import ServerConfig
 from server.fast_grid import FastPollGrid
 from server.run import FederatedRun
@@ -29,55 +33,89 @@ def _limit_threads() -> None:
     torch.set_num_threads(1)
 
 
+def _fail(message: str) -> None:
+    log(ERROR, "fedguard: %s", message)
+    raise SystemExit(1)
+
+
+def _mode(grid: Grid) -> str:
+    """Simulation runs on Flower's in-memory grid; anything else is a real deployment."""
+    return "simulation" if "InMemory" in type(grid).__name__ else "deployment"
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     _limit_threads()
-    grid = FastPollGrid(grid)
     try:
         cfg = ServerConfig.from_run_config(context.run_config)
         data_dir = default_data_dir(cfg.data_dir)
         store = RunStore.in_dir(data_dir)
     except (ConfigError, DataError, StoreError) as err:
-        log(ERROR, "fedguard: %s", err)
-        raise SystemExit(1) from None
+        _fail(str(err))
+        return
+    run_config: dict[str, Any] = {**context.run_config, "mode": _mode(grid)}
 
     flower_run_id = str(context.run_id)
     if cfg.resume:
         try:
             done = store.resume_run(cfg.resume, flower_run_id)
         except StoreError as err:
-            log(ERROR, "fedguard: %s", err)
-            raise SystemExit(1) from None
-        run_id = cfg.resume
-        run = FederatedRun(store, run_id, data_dir, cfg.task, round_offset=done)
-        run.event("run-resumed", f"resumed after round {done} by Flower run {flower_run_id}")
+            _fail(str(err))
+            return
+        run = FederatedRun(store, cfg.resume, data_dir, cfg.task, round_offset=done)
     else:
-        run_id = flower_run_id
-        store.start_run(run_id, dict(context.run_config), cfg.num_rounds, flower_run_id)
-        run = FederatedRun(store, run_id, data_dir, cfg.task)
-        run.event("run-started", f"run {run_id} started", data={"data_dir": str(data_dir)})
-    log(INFO, "fedguard: run %s, store %s", run_id, store.path)
+        store.start_run(flower_run_id, run_config, cfg.num_rounds, flower_run_id)
+        run = FederatedRun(store, flower_run_id, data_dir, cfg.task)
+    run.audit = AuditLog(run.run_dir / "audit.jsonl", key=load_or_create_key(data_dir))
+    store.set_artifact(run.run_id, "audit-log", run.audit.path)
+    if cfg.resume:
+        run.event("run-resumed", f"resumed after round {run.round_offset} by Flower run "
+                  f"{flower_run_id}")
+    else:
+        run.event("run-started", f"run {run.run_id} started ({run_config['mode']})",
+                  data={"data_dir": str(data_dir), "config": json.loads(json.dumps(
+                      run_config, default=str))})
+    if run_config["mode"] == "deployment" and not (run_config.get("tls")
+                                                   and run_config.get("node-auth")):
+        run.event("insecure-transport", "this deployment declares no TLS and/or no node "
+                  "authentication (tls / node-auth run config)")
+    log(INFO, "fedguard: run %s, store %s", run.run_id, store.path)
 
-    if cfg.secagg and cfg.aggregation != "fedavg":
-        run.event("aggregation-ignored", f"aggregation={cfg.aggregation!r} needs individual "
-                  "updates; secure aggregation only reveals their sum, so FedAvg is used")
-    remaining = cfg.num_rounds - run.round_offset
+    gate = ComplianceGate(run, run_config, data_dir, run.audit, timeout=cfg.round_timeout,
+                          min_nodes=cfg.min_nodes)
+    fast = FastPollGrid(grid, node_filter=lambda ids: gate.admit(grid, ids))
     try:
+        gate.check_run()
+        if cfg.secagg and cfg.aggregation != "fedavg":
+            run.event("aggregation-ignored", f"aggregation={cfg.aggregation!r} needs individual "
+                      "updates; secure aggregation only reveals their sum, so FedAvg is used")
+        remaining = cfg.num_rounds - run.round_offset
         if remaining > 0:
-            _run_rounds(grid, cfg, run, remaining)
+            _run_rounds(fast, cfg, run, remaining)
+    except GateFailed as blocked:
+        store.finish_run(run.run_id, "blocked", str(blocked))
+        run.event("run-blocked", f"not started: {blocked}")
+        log(ERROR, "fedguard: run %s blocked by policy: %s", run.run_id, blocked)
+        return
     except RunStopped as stop:
-        store.finish_run(run_id, "stopped", str(stop))
+        store.finish_run(run.run_id, "stopped", str(stop))
         run.event("run-stopped", str(stop))
-        log(ERROR, "fedguard: run %s stopped: %s", run_id, stop)
+        write_provenance(run, gate, _secagg_facts(cfg), data_dir)
+        log(ERROR, "fedguard: run %s stopped: %s", run.run_id, stop)
         return
     except Exception as err:
-        store.finish_run(run_id, "failed", f"{type(err).__name__}: {err}")
+        store.finish_run(run.run_id, "failed", f"{type(err).__name__}: {err}")
         run.event("run-failed", f"{type(err).__name__}: {err}")
         raise
-    store.finish_run(run_id, "completed")
-    run.event("run-completed", f"run {run_id} completed after {cfg.num_rounds} rounds")
-    if os.environ.get("FEDGUARD_PRINT_RUN_ID"):
-        print(f"fedguard-run-id={run_id}")
+    path = write_provenance(run, gate, _secagg_facts(cfg), data_dir)
+    store.finish_run(run.run_id, "completed")
+    run.event("run-completed", f"run {run.run_id} completed after {cfg.num_rounds} rounds",
+              data={"provenance": str(path) if path else None})
+
+
+def _secagg_facts(cfg: ServerConfig) -> dict[str, Any]:
+    return {"enabled": cfg.secagg, **(cfg.secagg_options or {})} if cfg.secagg else {
+        "enabled": False}
 
 
 def _run_rounds(grid: Grid, cfg: ServerConfig, run: FederatedRun, remaining: int) -> None:
@@ -112,3 +150,4 @@ def _run_rounds(grid: Grid, cfg: ServerConfig, run: FederatedRun, remaining: int
         timeout=cfg.round_timeout,
         evaluate_fn=evaluate_fn,
     )
+

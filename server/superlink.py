@@ -250,6 +250,9 @@ class SuperLink:
     ) -> int:
         """`flwr run APP fedguard --format json`; returns the Flower run id."""
         args = ["run", str(app_dir), "fedguard", "--format", "json"]
+        if not self.simulation:  # the coordinator's facts the ServerApp cannot observe itself
+            run_config = {"tls": self.tls is not None, "node-auth": self.supernode_auth,
+                          **run_config}
         if run_config:
             args += ["--run-config", " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())]
         if federation_config:

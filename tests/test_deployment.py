@@ -19,8 +19,9 @@ def test_two_real_nodes_run_two_rounds(tmp_path, superlink) -> None:
     ]
     try:
         data_dir = tmp_path / "store"
+        # Insecure transport fails policy P5, so this plain run switches the gate off.
         rid = superlink.submit(ROOT, {"num-server-rounds": 2, "data-dir": str(data_dir),
-                                      "fraction-evaluate": 1.0})
+                                      "fraction-evaluate": 1.0, "policy-packs": "none"})
         status = superlink.wait_finished(rid, timeout=300)
         assert all(n.alive() for n in nodes)
     finally:
@@ -37,3 +38,5 @@ def test_two_real_nodes_run_two_rounds(tmp_path, superlink) -> None:
     # Two distinct real nodes answered in each round.
     assert all(len({n["node_id"] for n in per_round[r]}) == 2 for r in (1, 2))
     assert all(not n.alive() for n in nodes)
+    kinds = {e["kind"] for e in store.events(str(rid))}
+    assert {"insecure-transport", "policy-gate-off"} <= kinds  # both are on the record

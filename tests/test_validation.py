@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -64,7 +66,5 @@ def test_norm_bound() -> None:
 def test_fuzzed_updates_pass_or_fail_cleanly(w, examples) -> None:
     """Whatever a node sends, validation answers with a verdict, never another exception."""
     update = {"w": w, "b": np.zeros(2, np.float32)}
-    try:
+    with contextlib.suppress(InvalidUpdate):
         check_update(rules_for(GLOBAL, 5.0), GLOBAL, update, examples)
-    except InvalidUpdate:
-        pass
