@@ -430,3 +430,19 @@ def test_chat_reports_a_bad_llm_setting(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("FEDGUARD_LLM_BASE_URL", "ftp://127.0.0.1/v1")
     at = ask(page("chat"), "What is differential privacy?")
     assert md_escape("is not an http(s) URL") in at.error[0].value
+
+
+def test_provenance_of_a_run_whose_files_moved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = build_recorded_run(tmp_path)
+    run.model.unlink()  # the final checkpoint is gone: the model check is off by default
+    monkeypatch.setenv("FEDGUARD_HOME", str(tmp_path))
+    at = page("provenance", run=RUN_ID)
+    assert at.checkbox(key="provenance_use_model").value is False
+    at.button(key="provenance_verify_run").click().run()
+    assert "Verified" in at.success[0].value and "model file" not in at.success[0].value
+    run.provenance.unlink()
+    at.button(key="provenance_verify_run").click().run()
+    assert not at.exception
+    assert "not found" in at.error[0].value

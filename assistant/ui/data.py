@@ -76,6 +76,12 @@ def query(method: str, *args: Any) -> Any:
     return _cached(str(data_dir()), method, args)
 
 
+def stored_path(raw: str) -> Path:
+    """A path the server stored: absolute, or relative to the data directory."""
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else data_dir() / path
+
+
 def runs_or_message() -> list[dict[str, Any]] | None:
     """Every recorded run, newest first; None after showing why there is nothing to show."""
     try:

@@ -23,6 +23,7 @@ from assistant.ui.data import (
     query,
     runs_or_message,
     show_unavailable,
+    stored_path,
 )
 from assistant.ui.text import md_escape, one_line
 from privacy.manifest import Manifest, ManifestError, loads_manifest
@@ -161,8 +162,9 @@ def _recorded(lang: str) -> None:
                 "“Upload files” tab to check it.")
         return
     show_report(report_from_rows(rows), lang, key=f"recorded-{run_id}")
-    stored = [(k, Path(a["path"])) for k, a in sorted(artifacts.items())
-              if k.startswith("report-") and Path(a["path"]).is_file()]
+    stored = [(k, stored_path(a["path"])) for k, a in sorted(artifacts.items())
+              if k.startswith("report-")]
+    stored = [(k, p) for k, p in stored if p.is_file()]
     if stored:
         st.caption("Report files the server stored with the run:")
         for kind, path in stored:

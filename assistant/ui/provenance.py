@@ -17,7 +17,14 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from assistant.ui.data import StoreUnavailable, pick_run, query, runs_or_message, show_unavailable
+from assistant.ui.data import (
+    StoreUnavailable,
+    pick_run,
+    query,
+    runs_or_message,
+    show_unavailable,
+    stored_path,
+)
 from assistant.ui.text import md_escape
 from privacy.provenance import ProvenanceCheck, ProvenanceError, load_record, verify_record
 
@@ -112,7 +119,7 @@ def _from_run(trusted: str | None) -> None:
         st.info("This run has no provenance record yet (it is written when a run completes); "
                 "upload one in the other tab.")
         return
-    checkpoint = Path(rounds[-1]["checkpoint_path"]) if rounds else None
+    checkpoint = stored_path(rounds[-1]["checkpoint_path"]) if rounds else None
     use_model = st.checkbox(
         "Also check the run's final model (last round's checkpoint)",
         value=checkpoint is not None and checkpoint.is_file(),
@@ -121,7 +128,7 @@ def _from_run(trusted: str | None) -> None:
     if not st.button("Verify", type="primary", key="provenance_verify_run"):
         return
     try:
-        signed = load_record(art["path"])
+        signed = load_record(stored_path(art["path"]))
     except ProvenanceError as exc:
         st.error(md_escape(str(exc)))
         return
