@@ -446,3 +446,22 @@ def test_provenance_of_a_run_whose_files_moved(
     at.button(key="provenance_verify_run").click().run()
     assert not at.exception
     assert "not found" in at.error[0].value
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"record": {"manifests": 5, "model": "x", "checkpoints": "y", "privacy": [1]}},
+        {"record": {"privacy": {"n1": "not a table"}, "secagg": {"k": [1, None]}}},
+        {"record": [], "signature": 3},
+        {"alg": "Ed25519", "public_key": "AAAA", "signature": "AAAA", "record": {}},
+    ],
+)
+def test_provenance_odd_records_fail_with_reasons(home: RecordedRun, record: dict) -> None:
+    at = page("provenance")
+    at.file_uploader(key="provenance_record").set_value(
+        ("odd.json", json.dumps(record).encode(), "application/json")
+    )
+    at.button(key="provenance_verify_upload").click().run()
+    assert not at.exception
+    assert at.error[0].value.startswith("Verification failed")

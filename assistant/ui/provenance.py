@@ -65,11 +65,12 @@ def summary(signed: Mapping[str, Any]) -> pd.DataFrame:
     record = signed.get("record") if isinstance(signed.get("record"), Mapping) else {}
     model = record.get("model") if isinstance(record.get("model"), Mapping) else {}
     checkpoints = record.get("checkpoints") if isinstance(record.get("checkpoints"), list) else []
+    manifests = record.get("manifests") if isinstance(record.get("manifests"), Mapping) else {}
     rows = [
         ("created", record.get("created")),
         ("model sha256", model.get("sha256")),
         ("rounds (checkpoints)", len(checkpoints)),
-        ("nodes (manifests)", len(record.get("manifests") or {})),
+        ("nodes (manifests)", len(manifests)),
         ("signing key id", signed.get("key_id")),
         ("secure aggregation", json.dumps(record.get("secagg"), ensure_ascii=False)),
         ("versions", json.dumps(record.get("versions"), ensure_ascii=False)),
