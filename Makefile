@@ -11,10 +11,10 @@ install: $(STAMP)
 
 # The browser test drives Debian's Chromium; install it when missing (CI runs as root).
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian chromium for the browser test"; \
+	@{ command -v chromium >/dev/null 2>&1 && fc-list 2>/dev/null | grep -qi "noto.*cjk"; } || { \
+	  echo "installing Debian chromium and a CJK font for the browser test"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium fonts-noto-cjk; }
 
 # torch goes first, pinned to the CPU build on disk; a range in the project then installs nothing more.
 $(STAMP): pyproject.toml

@@ -58,8 +58,16 @@ def _train(msg: Message, context: Context) -> tuple[Any, dict[str, Any]]:
 
     task = TaskConfig.from_run_config(context.run_config)
     state = msg.content["arrays"].to_torch_state_dict()
-    rnd = int(msg.content["config"].get("server-round", 0))
+    round_config = msg.content["config"]
+    rnd = int(round_config.get("server-round", 0))
     out = local_train(task, context.node_config, state, rnd, context.run_config, context.run_id)
+    out.metrics["aggregation-weight"] = out.metrics.get("num-examples", 0.0)
+    if out.state is not None and "central-dp-noise" in round_config:
+        from clients.user_dp import apply_user_level_dp
+
+        out.state, facts = apply_user_level_dp(state, out.state, round_config)
+        out.metrics.update(facts)
+        out.metrics["aggregation-weight"] = 1.0  # user-level DP: every node counts the same
     return out, state
 
 
@@ -142,7 +150,7 @@ def secagg_masked(msg: Message, context: Context) -> Message:
 
         reply = masked_update(
             context, record_payload(msg.content), to_np(global_state), to_np(out.state),
-            out.metrics["num-examples"],
+            out.metrics["aggregation-weight"],
             float(context.run_config.get("secagg-max-weight", 10000.0)),
         )
     except Exception as err:
@@ -151,5 +159,6 @@ def secagg_masked(msg: Message, context: Context) -> Message:
         raise
     content = payload_record(reply)
     # The weight travels masked; the node's example count is not revealed in the metrics.
-    content["metrics"] = MetricRecord({k: v for k, v in out.metrics.items() if k != "num-examples"})
+    hidden = ("num-examples", "aggregation-weight")
+    content["metrics"] = MetricRecord({k: v for k, v in out.metrics.items() if k not in hidden})
     return Message(content=content, reply_to=msg)

@@ -97,4 +97,5 @@ def local_evaluate(
     model = new_model(task)
     model.load_state_dict(state, strict=True)
     loss, acc = evaluate(model, data)
-    return {"num-examples": float(len(data)), "loss": loss, "accuracy": acc}
+    n = float(len(data))
+    return {"num-examples": n, "aggregation-weight": n, "loss": loss, "accuracy": acc}

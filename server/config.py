@@ -28,6 +28,10 @@ class ServerConfig:
     round_timeout: float = 600.0
     secagg: bool = False
     secagg_options: dict[str, float] | None = None
+    central_dp: bool = False
+    central_dp_epsilon: float = 8.0
+    central_dp_clip: float = 1.0
+    dp_delta: float = 1e-5
 
     @classmethod
     def from_run_config(cls, cfg: Mapping[str, Any]) -> ServerConfig:
@@ -52,7 +56,19 @@ class ServerConfig:
                 "quant_bits": _get(cfg, "secagg-quant-bits", int, 32),
                 "max_weight": _get(cfg, "secagg-max-weight", float, 10000.0),
             },
+            central_dp=_get(cfg, "central-dp", bool, False),
+            central_dp_epsilon=_get(cfg, "central-dp-epsilon", float, 8.0),
+            central_dp_clip=_get(cfg, "central-dp-clip", float, 1.0),
+            dp_delta=_get(cfg, "dp-delta", float, 1e-5),
         )
+        if sc.central_dp and (sc.central_dp_epsilon <= 0 or sc.central_dp_clip <= 0):
+            raise ConfigError("run config central-dp-epsilon and central-dp-clip must be > 0, "
+                              "e.g. central-dp-epsilon=8.0 central-dp-clip=1.0")
+        if sc.central_dp and sc.aggregation != "fedavg":
+            raise ConfigError(f"run config central-dp=true needs aggregation='fedavg' (the noise "
+                              f"is calibrated for a mean), not {sc.aggregation!r}")
+        if not 0 < sc.dp_delta < 1:
+            raise ConfigError(f"run config dp-delta={sc.dp_delta}: must be in (0, 1), e.g. 1e-5")
         if sc.aggregation not in AGGREGATORS:
             raise ConfigError(f"run config aggregation={sc.aggregation!r}: use one of "
                               f"{', '.join(AGGREGATORS)}")

@@ -6,7 +6,7 @@ import json
 from logging import ERROR, INFO
 from typing import Any
 
-from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
@@ -54,6 +54,10 @@ def main(grid: Grid, context: Context) -> None:
         _fail(str(err))
         return
     run_config: dict[str, Any] = {**context.run_config, "mode": _mode(grid)}
+    if cfg.central_dp and not run_config.get("dp"):  # what the policy packs should judge
+        run_config.update({"dp": True, "dp-privacy-unit": "user",
+                           "dp-epsilon": cfg.central_dp_epsilon,
+                           "dp-max-grad-norm": cfg.central_dp_clip})
 
     flower_run_id = str(context.run_id)
     if cfg.resume:
@@ -134,12 +138,30 @@ def _run_rounds(grid: Grid, cfg: ServerConfig, run: FederatedRun, remaining: int
         min_available_nodes=cfg.min_nodes,
     )
 
+    train_config = ConfigRecord()
+    if cfg.central_dp:
+        from privacy.central_dp import calibrate_user_level, user_level_epsilon
+
+        noise = calibrate_user_level(cfg.central_dp_epsilon, cfg.dp_delta, cfg.num_rounds)
+        train_config["central-dp-noise"] = noise
+        train_config["central-dp-clip"] = cfg.central_dp_clip
+        run.event("central-dp", f"user-level DP: noise multiplier {noise:.4g}, clip "
+                  f"{cfg.central_dp_clip:g}, target epsilon {cfg.central_dp_epsilon:g} at delta "
+                  f"{cfg.dp_delta:g} over {cfg.num_rounds} rounds",
+                  data={"noise_multiplier": noise, "clip": cfg.central_dp_clip})
+
     def evaluate_fn(local_round: int, arrays: ArrayRecord) -> MetricRecord:
         state = arrays.to_torch_state_dict()
         if local_round == 0:
             loss, acc = run.evaluate_state(state)
         else:
-            m = run.end_round(run.global_round(local_round), state)
+            rnd = run.global_round(local_round)
+            if cfg.central_dp:
+                eps = user_level_epsilon(noise, 1.0, rnd, cfg.dp_delta)
+                run.round_extra(rnd, {"central_dp": {
+                    "epsilon": eps, "delta": cfg.dp_delta, "noise_multiplier": noise,
+                    "clip": cfg.central_dp_clip, "accountant": "rdp", "unit": "user"}})
+            m = run.end_round(rnd, state)
             loss, acc = m["server_loss"], m["server_accuracy"]
         return MetricRecord({"loss": float(loss), "accuracy": float(acc)})
 
@@ -148,6 +170,7 @@ def _run_rounds(grid: Grid, cfg: ServerConfig, run: FederatedRun, remaining: int
         initial_arrays=ArrayRecord(run.initial_state()),
         num_rounds=remaining,
         timeout=cfg.round_timeout,
+        train_config=train_config,
         evaluate_fn=evaluate_fn,
     )
 

@@ -19,6 +19,8 @@ from server.run import FederatedRun
 from server.validation import InvalidUpdate, UpdateRules, check_update, rules_for
 
 REFUSED_KEY = "refused"
+# Nodes report their aggregation weight: their example count, or 1 under user-level DP.
+WEIGHT_KEY = "aggregation-weight"
 
 AGGREGATORS: dict[str, type[FedAvg]] = {
     "fedavg": FedAvg,
@@ -66,7 +68,9 @@ class FedGuardMixin:
         self.run.begin_round(rnd)
         self._global = _numpy_state(arrays)
         self._rules = rules_for(self._global, self.update_norm_bound)
-        return super().configure_train(rnd, arrays, config, grid)  # type: ignore[misc]
+        messages = list(super().configure_train(rnd, arrays, config, grid))  # type: ignore[misc]
+        config["num-sampled"] = len(messages)  # shared record: user-level DP noise shares
+        return messages
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -159,7 +163,7 @@ def build_strategy(
 
         cls = type("FedGuardSecAggFedAvg", (SecAggMixin, FedGuardMixin, FedAvg), {})
         return cls(run, update_norm_bound=update_norm_bound, secagg=secagg, timeout=timeout,
-                   **fedavg_kwargs)
+                   weighted_by_key=WEIGHT_KEY, **fedavg_kwargs)
     base = AGGREGATORS[aggregation]
     cls = type(f"FedGuard{base.__name__}", (FedGuardMixin, base), {})
     extra: dict[str, Any] = {}
@@ -170,4 +174,5 @@ def build_strategy(
                                            - num_malicious)
     if aggregation == "trimmed-mean":
         extra["beta"] = trim_beta
-    return cls(run, update_norm_bound=update_norm_bound, **fedavg_kwargs, **extra)
+    return cls(run, update_norm_bound=update_norm_bound, weighted_by_key=WEIGHT_KEY,
+               **fedavg_kwargs, **extra)
