@@ -95,10 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         answer = Assistant(kb, live=live).ask(args.question, lang=args.lang)
     except (KBError, AskError, LanguageError, LLMConfigError) as exc:
         _fail(str(exc))
-    if args.json:
-        print(answer.to_json())
-    else:
-        print(render(answer))
+    try:
+        print(answer.to_json() if args.json else render(answer), flush=True)
+    except BrokenPipeError:  # e.g. piped into `head`: the reader left, nothing to report
+        sys.stdout = None  # type: ignore[assignment]  # no flush error at interpreter exit
     return 0
 
 

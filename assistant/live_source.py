@@ -234,6 +234,10 @@ class RunStoreLiveSource:
             source = "evaluated-now"
         if pack:
             rows = [r for r in rows if str(r.get("pack", "")).lower() == pack]
+            if not rows:  # the run was not checked against this pack: check it now
+                rows = [r for r in self._evaluate(config, manifests, pack)
+                        if str(r.get("pack", "")).lower() == pack]
+                source = "evaluated-now"
         if not rows:
             return None
         packs = sorted({str(r.get("pack", "")) for r in rows if r.get("pack")})
