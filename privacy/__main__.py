@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import NoReturn
 
 from privacy.audit import AuditError, AuditLog
+from privacy.files import atomic_write
 from privacy.manifest import Manifest, ManifestError, load_manifest
 from privacy.policy import (
     PolicyError,
@@ -98,18 +98,8 @@ def _manifests(specs: Sequence[str]) -> dict[str, Manifest]:
     return out
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, text.encode("utf-8"))
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -130,7 +120,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         audit_verdicts(AuditLog(args.audit_log), report)
     text = report.to_json(args.lang) + "\n" if args.json else report.to_markdown(args.lang)
     if args.out:
-        _write_atomic(args.out, text)
+        _write_text(args.out, text)
         counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())
         verdict = "FAIL" if report.run_failed else "PASS"
         print(f"{verdict}: {counts}; report written to {args.out}")

@@ -27,6 +27,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from privacy.files import sha256_file
 from privacy.signing import (
     SigningError,
     canonical_json,
@@ -65,14 +66,6 @@ class ProvenanceCheck:
     ok: bool
     reasons: list[str] = field(default_factory=list)
     key_id: str | None = None
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_sha(value: Any, what: str) -> str:

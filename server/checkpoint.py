@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -10,13 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from privacy.files import sha256_file
 
 
 def checkpoint_path(run_dir: Path, round_: int) -> Path:

@@ -8,10 +8,7 @@ before they may train. At the end the final model gets an Ed25519-signed provena
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -21,6 +18,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from privacy.audit import AuditLog
+from privacy.files import atomic_write
 from privacy.manifest import ManifestError, loads_manifest, manifest_sha256
 from privacy.policy import run_policy_gate
 from privacy.policy.errors import PolicyError
@@ -35,18 +33,6 @@ GATE_OFF = "none"
 
 class GateFailed(Exception):
     """The run may not start: a run-level policy failure or too few admissible nodes."""
-
-
-def write_atomic(path: Path, text: str) -> str:
-    """Write text via temp file + rename; return its SHA-256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def request_manifests(grid: Grid, node_ids: Iterable[int], timeout: float) -> dict[str, bytes]:
@@ -175,7 +161,7 @@ class ComplianceGate:
             ("report-json", "compliance-report.json", report.to_json(lang)),
         ):
             path = self.run.run_dir / name
-            sha = write_atomic(path, text)
+            sha = atomic_write(path, text.encode("utf-8"))
             self.run.store.set_artifact(self.run.run_id, kind, path, sha)
 
 
