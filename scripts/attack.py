@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sqlite3
 import sys
 import time
@@ -286,8 +287,13 @@ def verdicts(args: argparse.Namespace, cells: dict[tuple[str, str], Cell]) -> li
     return lines
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM too stops the SuperLink and its Ray workers (finally)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     base = Path(args.data_dir).expanduser().resolve() if args.data_dir else (
         default_data_dir() / f"attack-{time.strftime('%Y%m%d-%H%M%S')}")
     data_dir = base / "store"
