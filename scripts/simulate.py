@@ -150,10 +150,16 @@ def print_summary(run: dict[str, Any] | None, rounds: list[dict[str, Any]]) -> N
         )
     console.print(table)
     if run is not None:
-        notable = [e for e in run.get("events", []) if e["kind"] not in ("run-started",
-                                                                           "run-completed")]
-        for e in notable[-10:]:
+        routine = ("run-started", "run-completed", "manifest-received", "provenance-signed")
+        events = run.get("events", [])
+        received = sum(e["kind"] == "manifest-received" for e in events)
+        if received:
+            console.print(f"  {received} data manifests received and checked by the policy gate")
+        for e in [e for e in events if e["kind"] not in routine][-10:]:
             console.print(f"  event [yellow]{e['kind']}[/]: {e['message']}")
+        for e in events:
+            if e["kind"] == "provenance-signed":
+                console.print(f"  signed provenance record: {e['data']}")
 
 
 def main(argv: list[str] | None = None) -> int:
