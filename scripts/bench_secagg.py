@@ -111,6 +111,7 @@ class RunResult:
     gaps: list[float] = field(default_factory=list)
     rounds_done: int = 0
     first_round: float | None = None  # includes Ray start-up; for information only
+    rounds: int = 0  # rounds asked for
 
 
 # --- running the apps ---------------------------------------------------------------------
@@ -204,7 +205,21 @@ def run_app(app: str, work: Path, nodes: int, rounds: int, local_epochs: int,
                                           timeout)
     # fedguard's ends start with 0.0 as a placeholder reference: no first-round time there
     first = ends[1] - ends[0] if len(ends) >= 2 and ends[0] > 0 else None
-    return RunResult(app, nodes, status, wall, round_gaps(ends), max(0, len(ends) - 1), first)
+    return RunResult(app, nodes, status, wall, round_gaps(ends), max(0, len(ends) - 1), first,
+                     rounds)
+
+
+def load_results(paths: Sequence[Path]) -> list[RunResult]:
+    """The runs stored in earlier `--json` outputs (to pool repeats from several invocations)."""
+    out: list[RunResult] = []
+    for path in paths:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        for size in summary["sizes"].values():
+            for app in size["apps"].values():
+                for run in app["runs"]:
+                    run.setdefault("rounds", summary.get("rounds", 0))
+                    out.append(RunResult(**run))
+    return out
 
 
 # --- report ------------------------------------------------------------------------------
@@ -214,8 +229,9 @@ def fmt(x: float | None, spec: str = ".3f", suffix: str = "") -> str:
 
 def report(results: list[RunResult], sizes: Sequence[int], apps: Sequence[str],
            rounds: int) -> dict:
-    table = Table(title=f"seconds per round (median over measured rounds; {rounds} rounds per "
-                        "run, round 1 excluded)")
+    per_run = f"{rounds} rounds per run, " if rounds else ""
+    table = Table(title=f"seconds per round (median over measured rounds; {per_run}"
+                        "round 1 of each run excluded)")
     table.add_column("nodes", justify="right")
     table.add_column("k / shares / t", justify="right")
     for app in apps:
@@ -282,7 +298,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="10 nodes, 3 rounds, 1 repeat")
     p.add_argument("--json", type=Path, help="also write all measurements here")
     p.add_argument("--keep", type=Path, help="keep run directories (logs, stores) here")
+    p.add_argument("--report-from", type=Path, nargs="+", metavar="JSON",
+                   help="run nothing: pool the runs saved by earlier --json files and report")
     args = p.parse_args(argv)
+    if args.report_from:
+        old = load_results(args.report_from)
+        sizes = sorted({r.nodes for r in old})
+        rounds = {r.rounds for r in old}
+        report(old, sizes, [a for a in APPS if any(r.app == a for r in old)],
+               rounds.pop() if len(rounds) == 1 else 0)
+        return 0
     if args.quick:
         args.sizes, args.rounds, args.repeats = [10], 3, 1
     if args.rounds < 3:
@@ -308,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                     console.print(f"  {res.status} in {res.wall:.0f}s; rounds "
                                   f"{res.rounds_done}/{args.rounds}; s/round "
                                   f"{', '.join(f'{g:.2f}' for g in res.gaps) or '-'}")
-    summary = report(results, args.sizes, apps, args.rounds)
+    summary = report(results, args.sizes, [a for a in APPS if a in apps], args.rounds)
     summary["local_epochs"] = args.local_epochs
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2), encoding="utf-8")

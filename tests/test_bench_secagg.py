@@ -93,3 +93,19 @@ def test_legacy_client_trains_like_fedguard():
     arrays, n, metrics = client.fit(params, {"server-round": 1})
     assert n > 0 and metrics["num-examples"] == n
     assert [a.shape for a in arrays] == [p.shape for p in params]
+
+
+def test_report_and_reload(tmp_path):
+    runs = [
+        bench.RunResult("plain", 10, "finished:completed", 30.0, [1.0, 1.2], 4, None, 4),
+        bench.RunResult("ours", 10, "finished:completed", 31.0, [1.3, 1.5], 4, None, 4),
+        bench.RunResult("legacy", 10, "timeout after 5s (running)", 5.0, [], 1, 9.0, 4),
+    ]
+    summary = bench.report(runs, [10], list(bench.APPS), 4)
+    r = summary["sizes"]["10"]["ratios"]
+    assert r["ours/plain"] == pytest.approx(1.4 / 1.1)
+    assert r["legacy/plain"] is None and r["ours/legacy"] is None
+    out = tmp_path / "bench.json"
+    out.write_text(bench.json.dumps(summary))
+    again = bench.load_results([out])
+    assert sorted((x.app, x.gaps) for x in again) == sorted((x.app, x.gaps) for x in runs)
