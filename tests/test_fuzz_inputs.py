@@ -212,7 +212,9 @@ RUN_KEYS = [
     "lr", "batch-size", "model", "dataset", "partition", "dirichlet-alpha", "test-fraction",
     "seed", "data-dir", "resume", "dp", "dp-epsilon", "dp-delta", "dp-max-grad-norm",
     "dp-accountant", "dp-grad-mode", "dp-secure-mode", "aggregation", "aggregation-malicious",
-    "trim-beta", "update-norm-bound", "round-timeout",
+    "trim-beta", "update-norm-bound", "round-timeout", "central-dp", "central-dp-epsilon",
+    "central-dp-clip", "secagg", "secagg-neighbours", "secagg-threshold", "secagg-clip-range",
+    "secagg-quant-bits", "secagg-max-weight",
 ]
 PARSERS: list[tuple[Callable[[dict[str, Any]], Any], type[Exception]]] = [
     (TaskConfig.from_run_config, ConfigError),
