@@ -85,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default="", help="where runs are stored (default: a fresh "
                    "directory under $FEDGUARD_HOME or ./.fedguard, attack-<time>)")
     p.add_argument("--json", default="", metavar="FILE", help="also write the cells as JSON")
+    p.add_argument("--from-json", default="", metavar="FILE",
+                   help="run nothing: print the table of an earlier --json FILE")
     p.add_argument("--timeout", type=float, default=600, help="seconds per run before giving up")
     p.add_argument("--quick", action="store_true",
                    help="short run: 3 rounds, fedavg/median/krum, clean/sign-flip/nan")
@@ -221,7 +223,7 @@ def run_cell(sl: SuperLink, args: argparse.Namespace, cell: Cell, data_dir: Path
 def _fmt(cell: Cell | None, clean: Cell | None) -> str:
     if cell is None:
         return ""
-    if cell.accuracy is None or cell.status != "completed":
+    if cell.accuracy is None:
         return f"[red]{cell.status}[/]"
     text = f"{cell.accuracy:.3f}"
     if cell.condition != "clean" and clean is not None and clean.accuracy is not None:
@@ -230,6 +232,8 @@ def _fmt(cell: Cell | None, clean: Cell | None) -> str:
         text += f" [{colour}]({delta:+.1f})[/]"
     if cell.rejected:
         text += f" [dim]{cell.rejected} rej[/]"
+    if cell.status != "completed":  # e.g. stopped: the attack left too few usable updates
+        text += f" [red]{cell.status} r{len(cell.accuracies)}[/]"
     return text
 
 
@@ -257,21 +261,21 @@ def verdicts(args: argparse.Namespace, cells: dict[tuple[str, str], Cell]) -> li
         c, a = cells.get((agg, "clean")), cells.get((agg, cond))
         if not c or not a or c.accuracy is None or a.accuracy is None:
             return None
-        if a.status != "completed":
-            return None
-        return c.accuracy - a.accuracy
+        return c.accuracy - a.accuracy  # a stopped run counts with its last round
 
     for cond in ("sign-flip", "scaled"):
         if cond not in args.conditions:
             continue
         robust = {a: drop(a, cond) for a in args.aggregators if a in ROBUST}
         held = [a for a, d in robust.items() if d is not None and d <= TOLERANCE]
-        broke = [a for a, d in robust.items() if d is None or d > TOLERANCE]
+        broke = [a for a, d in robust.items() if d is not None and d > TOLERANCE]
+        missing = [a for a, d in robust.items() if d is None]
         fed = drop("fedavg", cond) if "fedavg" in args.aggregators else None
         lines.append(
             f"{cond}: robust aggregators within {100 * TOLERANCE:.0f} points of clean: "
             f"{', '.join(held) or 'none'}"
             + (f"; NOT within: {', '.join(broke)}" if broke else "")
+            + (f"; not measured: {', '.join(missing)}" if missing else "")
             + ("" if fed is None or math.isnan(fed) else
                f"; fedavg {'degrades' if fed > TOLERANCE else 'does not degrade'} "
                f"by {100 * fed:.1f} points")
@@ -293,6 +297,13 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        raw = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        cells = {(c.aggregator, c.condition): c for c in (Cell(**r) for r in raw)}
+        args.aggregators = [a for a in AGGREGATORS if any(k[0] == a for k in cells)]
+        args.conditions = [c for c in CONDITIONS if any(k[1] == c for k in cells)]
+        args.rounds = max((len(c.accuracies) for c in cells.values()), default=0)
+        return report(args, cells)
     signal.signal(signal.SIGTERM, _interrupt)
     base = Path(args.data_dir).expanduser().resolve() if args.data_dir else (
         default_data_dir() / f"attack-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -330,15 +341,24 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sl.stop()
 
-    print_table(args, cells)
-    for line in verdicts(args, cells):
-        console.print("  " + line)
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(c) for c in cells.values()], indent=2),
                                    encoding="utf-8")
-    bad = [c for c in cells.values() if c.status != "completed"]
+    return report(args, cells)
+
+
+def report(args: argparse.Namespace, cells: dict[tuple[str, str], Cell]) -> int:
+    """Table and verdicts; 1 if a run failed to run (a run the attack stopped is a result)."""
+    print_table(args, cells)
+    for line in verdicts(args, cells):
+        console.print("  " + line)
+    for c in cells.values():
+        if c.status == "stopped":
+            console.print(f"  {c.aggregator}/{c.condition} stopped after round "
+                          f"{len(c.accuracies)}: {c.error}")
+    bad = [c for c in cells.values() if c.status not in ("completed", "stopped")]
     for c in bad:
-        console.print(f"[red]{c.aggregator}/{c.condition} did not complete[/]: {c.error}")
+        console.print(f"[red]{c.aggregator}/{c.condition} did not run to the end[/]: {c.error}")
     return 1 if bad else 0
 
 

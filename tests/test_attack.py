@@ -288,6 +288,7 @@ def test_verdicts_report_what_was_measured() -> None:
     acc = {("fedavg", "clean"): 0.95, ("fedavg", "sign-flip"): 0.10, ("median", "clean"): 0.96,
            ("median", "sign-flip"): 0.93, ("krum", "clean"): 0.70, ("krum", "sign-flip"): 0.60}
     cells = {k: attack.Cell(*k, status="completed", accuracy=v) for k, v in acc.items()}
+    cells[("fedavg", "sign-flip")].status = "stopped"  # diverged: its last round still counts
     for agg in args.aggregators:
         cells[(agg, "nan")] = attack.Cell(agg, "nan", status="completed", accuracy=0.9,
                                           rejected=20)
