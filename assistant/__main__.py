@@ -33,7 +33,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _fail(message: str) -> NoReturn:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    flat = " ".join("".join(c if c.isprintable() else " " for c in message).split())
+    print(f"{PROG}: error: {flat}", file=sys.stderr)
     raise SystemExit(2)
 
 

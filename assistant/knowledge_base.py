@@ -172,7 +172,7 @@ def _entry(raw: Any, where: _Where, today: dt.date) -> Entry:
         if field not in raw:
             raise where.error(field, "is missing; add it")
     topic = raw["topic"]
-    if topic not in TOPICS:
+    if not isinstance(topic, str) or topic not in TOPICS:
         raise where.error("topic", f"unknown topic {topic!r}; use one of {sorted(TOPICS)}")
     jurisdiction = raw["jurisdiction"]
     if isinstance(jurisdiction, str):
@@ -180,7 +180,7 @@ def _entry(raw: Any, where: _Where, today: dt.date) -> Entry:
     if not isinstance(jurisdiction, list) or not jurisdiction:
         raise where.error("jurisdiction", "must be a non-empty list such as [EU, CN]")
     for code in jurisdiction:
-        if code not in JURISDICTIONS:
+        if not isinstance(code, str) or code not in JURISDICTIONS:
             raise where.error(
                 "jurisdiction", f"unknown code {code!r}; use one of {sorted(JURISDICTIONS)}"
             )
@@ -205,6 +205,8 @@ def parse_entries(text: str, file: str, today: dt.date | None = None) -> list[En
     today = today or dt.date.today()
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
+    except ValueError as exc:  # a date YAML cannot build, e.g. 2026-02-30
+        raise KBError(f"{file}: {exc}; write dates as real YYYY-MM-DD days") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""

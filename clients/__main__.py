@@ -10,8 +10,24 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from clients.supernode import NodeLaunchError, SuperNode, free_port
+
+PROG = "fedguard-node"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error on one line (plain argparse prints usage too)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{PROG}: error: {one_line(message)} (see {PROG} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def one_line(text: str) -> str:
+    """Collapse newlines and control characters so an error stays one line."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
 def _cmd_start(args: argparse.Namespace) -> int:
@@ -109,14 +125,13 @@ def _cmd_manifest_init(args: argparse.Namespace) -> int:
 
 
 def _fail(msg: str) -> int:
-    print(f"fedguard-node: error: {msg}", file=sys.stderr)
+    print(f"{PROG}: error: {one_line(msg)}", file=sys.stderr)
     return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedguard-node",
-                                description="Run and inspect a fedguard node.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog=PROG, description="Run and inspect a fedguard node.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     s = sub.add_parser("start", help="start a Flower SuperNode for this node's data")
     s.add_argument("--superlink", default="127.0.0.1:9092", help="SuperLink Fleet API address")
     s.add_argument("--data-path", help="the node's own CSV (header + 'label' column) or NPZ (x, y)")
@@ -138,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     led.add_argument("--accountant", default="rdp", choices=["rdp", "prv"])
     led.set_defaults(func=_cmd_ledger)
     man = sub.add_parser("manifest", help="data manifests")
-    msub = man.add_subparsers(dest="manifest_command", required=True)
+    msub = man.add_subparsers(dest="manifest_command", required=True, parser_class=_Parser)
     init = msub.add_parser("init", help="write a commented manifest template to fill in")
     init.add_argument("--out", default="manifest.toml", help="where to write it")
     init.add_argument("--name", default="my-dataset", help="dataset name")

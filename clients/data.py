@@ -224,7 +224,7 @@ def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"data-path {p}: not a readable NPZ file ({type(err).__name__})") from None
     if not (np.issubdtype(x.dtype, np.number) and np.issubdtype(y.dtype, np.number)):
         raise DataError(f"data-path {p}: 'x' and 'y' must be numeric arrays")
-    if y.ndim != 1 or len(x) != len(y):
+    if x.ndim < 1 or y.ndim != 1 or len(x) != len(y):
         raise DataError(
             f"data-path {p}: 'y' must be 1-D with one label per row of 'x' "
             f"(got x {x.shape}, y {y.shape})"

@@ -6,6 +6,7 @@ evaluation), so it stays free of Flower and of anything node- or server-specific
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,7 @@ class ConfigError(ValueError):
 
 
 def _get(cfg: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
+    """cfg[key] as `kind` (ints accepted for floats; NaN/inf refused), else a ConfigError."""
     value = cfg.get(key, default)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -46,6 +48,8 @@ def _get(cfg: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
         raise ConfigError(
             f"run config {key}={value!r}: expected {kind.__name__}, e.g. {key}={default!r}"
         )
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"run config {key}={value!r}: must be a finite number, e.g. {default!r}")
     return value
 
 
