@@ -20,7 +20,9 @@ global model centrally after each round, and a round's time is the gap between c
 round ends (fedguard: the run store's `ended_at`; legacy: its timing file). Round 1 (Ray
 start-up, imports) is left out. The apps alternate in a rotating order so machine noise hits
 all alike. A run that does not finish within --timeout is stopped and reported with the rounds
-it did finish.
+it did finish. Transport caveat: the fedguard app (plain and ours) polls for replies through
+server/fast_grid.py (backs off 0.02..0.1 s), the legacy app through Flower's own grid (0.1 s
+in simulation), which favours ours by at most ~0.1 s per exchange (4 per SecAgg+ round).
 """
 
 from __future__ import annotations
