@@ -74,6 +74,12 @@ class ServerConfig:
                               f"{', '.join(AGGREGATORS)}")
         if sc.num_malicious < 0:
             raise ConfigError(f"run config aggregation-malicious={sc.num_malicious}: must be >= 0")
+        f = sc.num_malicious
+        need = {"krum": 2 * f + 3, "multikrum": 2 * f + 3, "bulyan": 4 * f + 3}.get(sc.aggregation)
+        if need and sc.min_nodes < need:
+            raise ConfigError(f"run config aggregation={sc.aggregation!r} with "
+                              f"aggregation-malicious={f} needs min-nodes >= {need} "
+                              f"(got {sc.min_nodes}); lower aggregation-malicious or add nodes")
         if not 0 <= sc.trim_beta < 0.5:
             raise ConfigError(f"run config trim-beta={sc.trim_beta}: must be in [0, 0.5), e.g. 0.2")
         if sc.update_norm_bound < 0:

@@ -14,6 +14,8 @@ from typing import Any
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+SUPERLINK_NODE_ID = 1  # flwr.common.constant.SUPERLINK_NODE_ID
+
 
 class FastPollGrid(Grid):
     """Delegates to `inner`, with a short poll interval in `send_and_receive`."""
@@ -54,7 +56,22 @@ class FastPollGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        pending = set(self.push_messages(messages))
+        """Push, then poll; error replies the SuperLink makes for a dead node get that node's id.
+
+        Flower sends "Node Unavailable" from the SuperLink's own id (1), so without this every
+        dead node of a round would be recorded as one node "1".
+        """
+        messages = list(messages)
+        ids = list(self.push_messages(messages))
+        destination = {mid: m.metadata.dst_node_id for mid, m in zip(ids, messages, strict=False)}
+        replies = self._pull(set(ids), timeout)
+        for reply in replies:
+            dst = destination.get(reply.metadata.reply_to_message_id)
+            if reply.has_error() and reply.metadata.src_node_id == SUPERLINK_NODE_ID and dst:
+                reply.metadata.__dict__["_src_node_id"] = dst
+        return replies
+
+    def _pull(self, pending: set[str], timeout: float | None) -> list[Message]:
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         delay = 0.02

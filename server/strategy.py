@@ -44,6 +44,19 @@ def reply_metrics(msg: Message) -> dict[str, Any]:
     return {}
 
 
+def _harmonise_metrics(replies: list[Message]) -> None:
+    """Keep only metric keys every reply has: Flower refuses a round whose replies differ, so
+    one node adding a key must not be able to fail everyone's round."""
+    if not replies:
+        return
+    keysets = [set(reply_metrics(m)) for m in replies]
+    common = set.intersection(*keysets)
+    for msg, keys in zip(replies, keysets, strict=True):
+        if keys != common:
+            for name, rec in list(msg.content.metric_records.items()):
+                msg.content[name] = MetricRecord({k: v for k, v in rec.items() if k in common})
+
+
 def _numpy_state(arrays: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in arrays.items()}
 
@@ -82,6 +95,11 @@ class FedGuardMixin:
         """'' if the train reply is usable, else the reason it is not."""
         if self._rules is None:
             return ""
+        if len(msg.content.metric_records) != 1:
+            return f"expected one MetricRecord, got {len(msg.content.metric_records)}"
+        weight = metrics.get(WEIGHT_KEY)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+            return f"{WEIGHT_KEY}={weight!r} must be a positive number"
         arrays = list(msg.content.array_records.values())
         if len(arrays) != 1:
             return f"expected one ArrayRecord, got {len(arrays)}"
@@ -120,6 +138,7 @@ class FedGuardMixin:
                     continue
             self.run.node_result(rnd, node, phase, "ok", metrics)
             good.append(msg)
+        _harmonise_metrics(good)
         return good
 
     def aggregate_train(

@@ -1,0 +1,90 @@
+"""The fast-polling Grid wrapper: replies, timeouts and dead nodes' error replies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from server.fast_grid import SUPERLINK_NODE_ID, FastPollGrid
+
+
+class ScriptedGrid(Grid):
+    """Answers node 7 normally; node 9 is dead, so the SuperLink answers for it."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, Message] = {}
+        self.pulls = 0
+
+    def set_run(self, run_id: int) -> None: ...
+
+    @property
+    def run(self):  # noqa: ANN201
+        raise NotImplementedError
+
+    def create_message(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        raise NotImplementedError
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [7, 9]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for i, m in enumerate(messages):
+            m.metadata.__dict__["_message_id"] = f"id{i}"
+            self.sent[f"id{i}"] = m
+            ids.append(f"id{i}")
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self.pulls += 1
+        if self.pulls < 3:  # nothing yet: the wrapper must keep polling
+            return []
+        out = []
+        for mid in message_ids:
+            ins = self.sent[mid]
+            if ins.metadata.dst_node_id == 7:
+                out.append(Message(RecordDict(), reply_to=ins))
+            else:
+                out.append(create_message_error_unavailable_res_message(ins.metadata,
+                                                                          "node_unavail"))
+        return out
+
+    def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201
+        raise AssertionError("the wrapper must not call Flower's 3-second poll loop")
+
+
+@pytest.fixture(autouse=True)
+def _identity():
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+
+
+def _msgs() -> list[Message]:
+    return [Message(RecordDict({"c": ConfigRecord({})}), dst_node_id=n, message_type="train")
+            for n in (7, 9)]
+
+
+def test_replies_are_collected_and_a_dead_node_keeps_its_own_id() -> None:
+    inner = ScriptedGrid()
+    replies = FastPollGrid(inner, poll_interval=0.01).send_and_receive(_msgs(), timeout=5)
+    by_node = {r.metadata.src_node_id: r for r in replies}
+    assert set(by_node) == {7, 9}  # not {7, 1}: the dead node is named, not the SuperLink
+    assert by_node[9].has_error() and not by_node[7].has_error()
+    assert SUPERLINK_NODE_ID not in by_node and inner.pulls == 3
+
+
+def test_timeout_returns_what_arrived() -> None:
+    class Silent(ScriptedGrid):
+        def pull_messages(self, message_ids):  # noqa: ANN001, ANN201
+            return []
+
+    assert FastPollGrid(Silent(), poll_interval=0.01).send_and_receive(_msgs(), timeout=0.2) == []
+
+
+def test_node_filter_hides_nodes_that_did_not_pass_the_gate() -> None:
+    grid = FastPollGrid(ScriptedGrid(), node_filter=lambda ids: {9})
+    assert list(grid.get_node_ids()) == [9]
