@@ -10,6 +10,8 @@ from types import ModuleType
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Opacus' per-sample hooks warn on every backward of a model whose input needs no grad.
+pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 
 
 def _load() -> ModuleType:
@@ -40,10 +42,9 @@ def test_time_cases_runs_every_mode_once_per_repeat() -> None:
 def test_speed_case_lists_pair_each_dp_mode_with_its_baseline() -> None:
     for case in bp.speed_cases(64, 1) + bp.cnn_explore_cases((16, 64), (1,)):
         assert case.baseline().mode == "none"
-    assert len(bp.speed_cases(64, 1)) == 12
+    assert len(bp.speed_cases(64, 1)) == 16
 
 
-@pytest.mark.slow
 def test_federated_run_is_repeatable_and_restores_node_code(tmp_path: Path) -> None:
     make_optimizer, secret = bp.local_update.make_optimizer, bp.dp_sgd._secret_generator
     cfg = TINY.run_config(8.0, 1e-5)
