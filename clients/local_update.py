@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -67,7 +68,11 @@ def local_train(
     model = new_model(task)
     model.load_state_dict(state, strict=True)
     loader = make_loader(data, task.batch_size, shuffle=True, seed=task.seed + server_round)
-    optimizer = make_optimizer(model, task.lr)
+    # Under DP the late rounds are noise-dominated: decaying the step as 1/sqrt(round) lifted
+    # epsilon-8 accuracy from 0.846 to 0.880 (5 noise draws, scripts/bench_privacy.py). The
+    # server sends the global round, so the decay continues across a resume.
+    lr = task.lr if session is None else task.lr / math.sqrt(max(server_round, 1))
+    optimizer = make_optimizer(model, lr)
     if session is None:
         result = train_epochs(model, loader, optimizer, task.local_epochs)
         new_state, dp_metrics = model.state_dict(), {}
