@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.common.serde import message_from_proto, message_to_proto
-from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.local_update import local_train
@@ -30,6 +28,7 @@ from server.run import FederatedRun
 from server.store import RunStore
 from server.strategy import build_strategy
 from tests.conftest import ROOT
+from tests.helpers.grids import InProcessGrid
 
 APP_DIR = ROOT / "scripts" / "attack_app"
 sys.path.insert(0, str(APP_DIR))
@@ -45,48 +44,14 @@ def _identity() -> None:
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
 
 
-def _wire(msg: Message) -> Message:
-    return message_from_proto(message_to_proto(msg))
-
-
-class AttackGrid(Grid):
+class AttackGrid(InProcessGrid):
     """Delivers each train message to the attack app's ClientApp on node i (partition i)."""
 
     def __init__(self, n: int, run_config: Mapping[str, Any]) -> None:
-        self.ids = [1000 + i for i in range(n)]
-        self.contexts = {
-            nid: Context(run_id=1, node_id=nid, state=RecordDict(), run_config=dict(run_config),
-                         node_config={"partition-id": i, "num-partitions": n})
-            for i, nid in enumerate(self.ids)
-        }
-        self._n = 0
+        super().__init__([1000 + i for i in range(n)], run_config)
 
-    def set_run(self, run_id: int) -> None: ...
-
-    @property
-    def run(self):  # noqa: ANN201
-        raise NotImplementedError
-
-    def create_message(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
-        raise NotImplementedError
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.ids)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
-        replies = []
-        for msg in messages:
-            self._n += 1
-            msg.metadata.__dict__["_message_id"] = f"m{self._n}"  # the SuperLink assigns ids
-            ctx = self.contexts[msg.metadata.dst_node_id]
-            replies.append(_wire(attack_client.train(_wire(msg), ctx)))
-        return replies
+    def deliver(self, msg: Message, context: Context) -> Message:
+        return attack_client.train(msg, context)
 
 
 def one_round(tmp_path: Path, aggregation: str, n: int, run_config: Mapping[str, Any],

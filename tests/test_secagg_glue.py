@@ -7,13 +7,9 @@ chosen stages, which real processes cannot do on cue.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.common.serde import message_from_proto, message_to_proto
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.supercore.task_identity import TaskIdentity
 
 import clients.client_app as client_app
@@ -22,6 +18,7 @@ from clients.task import TaskConfig, new_model
 from server.run import FederatedRun
 from server.store import RunStore
 from server.strategy import build_strategy
+from tests.helpers.grids import InProcessGrid
 
 N = 4
 NODE_IDS = [2**64 - 5 + i for i in range(N)]  # above int64: exercises the wire encoding
@@ -36,56 +33,24 @@ HANDLERS = {
 }
 
 
-def _wire(msg: Message) -> Message:
-    return message_from_proto(message_to_proto(msg))
-
-
-class LossyGrid(Grid):
+class LossyGrid(InProcessGrid):
     """Delivers each message to the node's real ClientApp handler; loses some nodes."""
 
     def __init__(self, drop_after: dict[str, set[int]] | None = None) -> None:
+        super().__init__(NODE_IDS, RUN_CONFIG)
         self.drop_after = drop_after or {}
         self.gone: set[int] = set()
-        self.contexts = {
-            nid: Context(run_id=1, node_id=nid, state=RecordDict(), run_config=RUN_CONFIG,
-                         node_config={"partition-id": i, "num-partitions": N})
-            for i, nid in enumerate(NODE_IDS)
-        }
-        self._n = 0
 
-    def set_run(self, run_id: int) -> None: ...
-
-    @property
-    def run(self):  # noqa: ANN201
-        raise NotImplementedError
-
-    def create_message(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
-        raise NotImplementedError
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(NODE_IDS)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
-        replies = []
-        for msg in messages:
-            nid = msg.metadata.dst_node_id
-            if nid in self.gone:
-                continue
-            self._n += 1
-            msg.metadata.__dict__["_message_id"] = f"m{self._n}"  # the SuperLink assigns ids
-            action = msg.metadata.message_type
-            reply = HANDLERS[action](_wire(msg), self.contexts[nid])
-            if nid in self.drop_after.get(action, set()):
-                self.gone.add(nid)  # crashed right after answering: the reply is lost
-                continue
-            replies.append(_wire(reply))
-        return replies
+    def deliver(self, msg: Message, context: Context) -> Message | None:
+        nid = context.node_id
+        if nid in self.gone:
+            return None
+        action = msg.metadata.message_type
+        reply = HANDLERS[action](msg, context)
+        if nid in self.drop_after.get(action, set()):
+            self.gone.add(nid)  # crashed right after answering: the reply is lost
+            return None
+        return reply
 
 
 @pytest.fixture(autouse=True)
