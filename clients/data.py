@@ -158,7 +158,8 @@ def load_node_file(path: str | Path, spec: DatasetSpec, label_column: str = "lab
         )
     if not np.isfinite(x).all():
         raise DataError(f"data-path {p}: contains NaN or infinite values; clean or impute them")
-    if not np.all(np.equal(np.mod(y, 1), 0)):
+    whole = np.isfinite(y).all() and np.abs(y).max() < 2**31 and np.all(np.equal(np.mod(y, 1), 0))
+    if not whole:
         raise DataError(f"data-path {p}: labels must be whole numbers 0..{spec.num_classes - 1}")
     y = y.astype(np.int64)
     bad = (y < 0) | (y >= spec.num_classes)
