@@ -5,39 +5,29 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import pytest
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
-from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from server.fast_grid import SUPERLINK_NODE_ID, FastPollGrid
+from tests.helpers.grids import InProcessGrid
 
 
-class ScriptedGrid(Grid):
+class ScriptedGrid(InProcessGrid):
     """Answers node 7 normally; node 9 is dead, so the SuperLink answers for it."""
 
     def __init__(self) -> None:
+        super().__init__([7, 9], {})
         self.sent: dict[str, Message] = {}
         self.pulls = 0
 
-    def set_run(self, run_id: int) -> None: ...
-
-    @property
-    def run(self):  # noqa: ANN201
-        raise NotImplementedError
-
-    def create_message(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
-        raise NotImplementedError
-
-    def get_node_ids(self) -> Iterable[int]:
-        return [7, 9]
+    def deliver(self, msg: Message, context: Context) -> Message | None:
+        return None  # replies come from pull_messages below, after a few empty polls
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        ids = []
-        for i, m in enumerate(messages):
-            m.metadata.__dict__["_message_id"] = f"id{i}"
-            self.sent[f"id{i}"] = m
-            ids.append(f"id{i}")
+        messages = list(messages)
+        ids = list(super().push_messages(messages))
+        self.sent.update(zip(ids, messages, strict=True))
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from assistant.answering import Assistant
-from assistant.knowledge_base import DEFAULT_KB_DIR, load_kb
+from assistant.knowledge_base import load_kb
 from assistant.live_intents import LiveIntent, LiveSource, answer_live, detect_live_intent
 
 KB = [
@@ -186,7 +186,6 @@ def test_knowledge_question_still_uses_the_kb_with_a_live_source(kb) -> None:  #
     assert answer.kind != "live" and live.calls == []
 
 
-@pytest.mark.skipif(not list(DEFAULT_KB_DIR.glob("*.yaml")), reason="no knowledge base yet")
 def test_no_knowledge_base_question_is_mistaken_for_a_live_one() -> None:
     """Every KB question and paraphrase must reach the KB, not the run store."""
     misrouted = [

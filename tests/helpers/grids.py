@@ -1,17 +1,20 @@
 """An in-process Flower Grid for tests: delivers messages to ClientApp handlers directly.
 
-Messages go through Flower's protobuf serialisation both ways, as on the wire, and get message
-ids as the SuperLink would give them. Subclasses decide what a node does with a message.
+It is a complete Grid: `push_messages` delivers each message (through Flower's protobuf
+serialisation, as on the wire) and queues the reply; `pull_messages` hands replies back by the id
+of the message they answer. Subclasses decide what a node does with a message.
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from flwr.app import Context, Message, RecordDict
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 
 
 def wire(msg: Message) -> Message:
@@ -29,38 +32,45 @@ class InProcessGrid(Grid):
                          node_config={"partition-id": i, "num-partitions": len(ids)})
             for i, nid in enumerate(self.ids)
         }
+        self._run = Run.create_empty(1)
+        self._replies: dict[str, Message] = {}
         self._n = 0
 
+    @abstractmethod
     def deliver(self, msg: Message, context: Context) -> Message | None:
         """The node's reply, or None if it is lost."""
-        raise NotImplementedError
 
-    def set_run(self, run_id: int) -> None: ...
+    def set_run(self, run: Run) -> None:
+        self._run = run
 
     @property
-    def run(self) -> Any:
-        raise NotImplementedError
+    def run(self) -> Run:
+        return self._run
 
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:
-        raise NotImplementedError
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
+                       group_id: str, ttl: float | None = None) -> Message:
+        return Message(content=content, message_type=message_type, dst_node_id=dst_node_id,
+                       group_id=group_id, ttl=ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.ids)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError
+        ids = []
+        for msg in messages:
+            self._n += 1
+            mid = f"m{self._n}"
+            msg.metadata.__dict__["_message_id"] = mid  # the SuperLink assigns ids
+            ids.append(mid)
+            reply = self.deliver(wire(msg), self.contexts[msg.metadata.dst_node_id])
+            if reply is not None:
+                self._replies[mid] = wire(reply)
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError
+        return [self._replies.pop(mid) for mid in message_ids if mid in self._replies]
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> list[Message]:
-        replies = []
-        for msg in messages:
-            self._n += 1
-            msg.metadata.__dict__["_message_id"] = f"m{self._n}"  # the SuperLink assigns ids
-            reply = self.deliver(wire(msg), self.contexts[msg.metadata.dst_node_id])
-            if reply is not None:
-                replies.append(wire(reply))
-        return replies
+        return list(self.pull_messages(self.push_messages(messages)))
