@@ -1,4 +1,5 @@
-"""The assistant's `LiveSource` over the run store (and `privacy.policy` for unrecorded verdicts).
+"""The assistant's `LiveSource` over the run store (and the policy engine for unrecorded
+verdicts).
 
 The store is opened read-only for every call and closed again: SQLite connections cannot be
 shared between threads (Streamlit runs each session in its own thread), opening is cheap, and a
@@ -15,9 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from privacy.ledger import LedgerError, PrivacyLedger
-from privacy.manifest import ManifestError, parse_manifest
-from privacy.policy import PolicyError, evaluate, load_packs
+from privacy.compliance.manifest import ManifestError, parse_manifest
+from privacy.compliance.policy import PolicyError, evaluate, load_packs
+from privacy.dp.ledger import LedgerError, PrivacyLedger
 from server.store import RunStore, default_data_dir
 
 __all__ = ["RunStoreLiveSource", "compliance_summary", "metric", "node_matches"]

@@ -95,7 +95,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
 
 def _cmd_ledger(args: argparse.Namespace) -> int:
     from clients.node_privacy import LEDGER_FILE
-    from privacy.ledger import LedgerError, PrivacyLedger, format_ledger
+    from privacy.dp.ledger import LedgerError, PrivacyLedger, format_ledger
 
     path = Path(args.data_dir).expanduser() / LEDGER_FILE
     if not path.is_file():
@@ -109,7 +109,7 @@ def _cmd_ledger(args: argparse.Namespace) -> int:
 
 
 def _cmd_manifest_init(args: argparse.Namespace) -> int:
-    from privacy.manifest import manifest_template
+    from privacy.compliance.manifest import manifest_template
 
     out = Path(args.out)
     if out.exists() and not args.force:

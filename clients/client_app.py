@@ -28,15 +28,15 @@ def _node_errors() -> tuple[type[Exception], ...]:
     from clients.data import DataError
     from clients.models import ModelError
     from clients.task import ConfigError
-    from privacy.accounting import AccountingError
-    from privacy.ledger import LedgerError
+    from privacy.dp.accounting import AccountingError
+    from privacy.dp.ledger import LedgerError
 
     errors: list[type[Exception]] = [DataError, ConfigError, ModelError, LedgerError,
                                      AccountingError, SecAggError]
     import sys
 
-    if "privacy.dp_sgd" in sys.modules:  # only loaded (with Opacus) when the run uses DP
-        errors.append(sys.modules["privacy.dp_sgd"].DPConfigError)
+    if "privacy.dp.dp_sgd" in sys.modules:  # only loaded (with Opacus) when the run uses DP
+        errors.append(sys.modules["privacy.dp.dp_sgd"].DPConfigError)
     return tuple(errors)
 
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from clients.data import Split
 from clients.task import ConfigError, TaskConfig
-from privacy.ledger import PrivacyLedger, dataset_fingerprint
+from privacy.dp.ledger import PrivacyLedger, dataset_fingerprint
 
 if TYPE_CHECKING:
-    from privacy.dp_sgd import DPSGDSession
+    from privacy.dp.dp_sgd import DPSGDSession
 
 LEDGER_FILE = "privacy-ledger.sqlite"
 
@@ -62,7 +62,7 @@ def open_session(
     """A DP-SGD session when the run asks for DP (`dp=true`), else None."""
     if str(run_config.get("dp", False)).strip().lower() in ("false", "0", "no", "off", ""):
         return None  # without DP, Opacus (~3-8 s to import) is never loaded
-    from privacy.dp_sgd import DPSGDConfig, DPSGDSession
+    from privacy.dp.dp_sgd import DPSGDConfig, DPSGDSession
 
     cfg = DPSGDConfig.from_run_config(run_config)
     if not cfg.enabled:

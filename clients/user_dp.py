@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from privacy.central_dp import clip_update, noise_share, secure_rng
+from privacy.dp.user_level import clip_update, noise_share, secure_rng
 
 
 def apply_user_level_dp(

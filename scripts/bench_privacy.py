@@ -5,7 +5,7 @@
     python scripts/bench_privacy.py --part speed      # or: --part accuracy
 
 (a) Speed: milliseconds per training epoch without DP and with Opacus DP-SGD ("hooks" and
-    "ghost" clipping, through fedguard's own ``privacy.dp_sgd.make_private``; "ew", Opacus'
+    "ghost" clipping, through fedguard's own ``privacy.dp.dp_sgd.make_private``; "ew", Opacus'
     expanded-weights engine, directly) for the MLP and the CNN, on one node's worth of digits
     and on the whole training split, one torch thread by default. Every case is
     built once, warmed up, then all cases run in turn (interleaved) ``--repeats`` times, so
@@ -50,13 +50,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import clients.local_update as local_update  # noqa: E402
-import privacy.dp_sgd as dp_sgd  # noqa: E402
+import privacy.dp.dp_sgd as dp_sgd  # noqa: E402
 from clients.data import Split, load_builtin, partition_iid, train_test_split  # noqa: E402
 from clients.models import build_model  # noqa: E402
 from clients.task import TaskConfig, load_server_testset, new_model  # noqa: E402
 from clients.training import evaluate, make_loader, make_optimizer, train_epochs  # noqa: E402
-from privacy.accounting import calibrate_noise  # noqa: E402
-from privacy.dp_sgd import DPSGDConfig, plan_release  # noqa: E402
+from privacy.dp.accounting import calibrate_noise  # noqa: E402
+from privacy.dp.dp_sgd import DPSGDConfig, plan_release  # noqa: E402
 
 console = Console(width=132)
 ARTIFACTS = ROOT / "artifacts"

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from privacy.certs import DEFAULT_SANS, CertError, write_certificates  # noqa: E402
+from privacy.transport.certs import DEFAULT_SANS, CertError, write_certificates  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

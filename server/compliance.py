@@ -17,14 +17,14 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from privacy.audit import AuditLog
+from privacy.compliance.audit import AuditLog
+from privacy.compliance.manifest import ManifestError, loads_manifest, manifest_sha256
+from privacy.compliance.policy import run_policy_gate
+from privacy.compliance.policy.errors import PolicyError
+from privacy.compliance.policy.report import PolicyReport
+from privacy.compliance.provenance import ProvenanceError, build_record, sign_record, write_record
+from privacy.compliance.signing import load_or_create_key
 from privacy.files import atomic_write
-from privacy.manifest import ManifestError, loads_manifest, manifest_sha256
-from privacy.policy import run_policy_gate
-from privacy.policy.errors import PolicyError
-from privacy.policy.report import PolicyReport
-from privacy.provenance import ProvenanceError, build_record, sign_record, write_record
-from privacy.signing import load_or_create_key
 from server.run import FederatedRun
 
 MANIFEST_QUERY = "query.manifest"

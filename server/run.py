@@ -18,7 +18,7 @@ import torch
 from clients.data import Split
 from clients.task import TaskConfig, load_server_testset, new_model
 from clients.training import evaluate
-from privacy.audit import AuditLog
+from privacy.compliance.audit import AuditLog
 from server.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from server.store import RunStore
 

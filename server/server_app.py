@@ -12,8 +12,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from clients.data import DataError
 from clients.task import ConfigError
-from privacy.audit import AuditLog
-from privacy.signing import load_or_create_key
+from privacy.compliance.audit import AuditLog
+from privacy.compliance.signing import load_or_create_key
 from server.compliance import ComplianceGate, GateFailed, write_provenance
 from server.config import ServerConfig
 from server.fast_grid import FastPollGrid
@@ -140,7 +140,7 @@ def _run_rounds(grid: Grid, cfg: ServerConfig, run: FederatedRun, remaining: int
 
     train_config = ConfigRecord()
     if cfg.central_dp:
-        from privacy.central_dp import calibrate_user_level, user_level_epsilon
+        from privacy.dp.user_level import calibrate_user_level, user_level_epsilon
 
         noise = calibrate_user_level(cfg.central_dp_epsilon, cfg.dp_delta, cfg.num_rounds)
         train_config["central-dp-noise"] = noise

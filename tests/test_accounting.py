@@ -13,8 +13,8 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis import rdp as opacus_rdp
 from opacus.accountants.utils import get_noise_multiplier
 
-from privacy import accounting
-from privacy.accounting import (
+from privacy.dp import accounting
+from privacy.dp.accounting import (
     RDP_ORDERS,
     AccountingError,
     Release,

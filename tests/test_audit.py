@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from privacy.audit import GENESIS, AuditError, AuditLog, entry_hash
-from privacy.signing import load_or_create_key, public_key_b64
+from privacy.compliance.audit import GENESIS, AuditError, AuditLog, entry_hash
+from privacy.compliance.signing import load_or_create_key, public_key_b64
 
 
 def filled(tmp_path: Path, n: int = 5, key_dir: Path | None = None) -> AuditLog:

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from privacy.accounting import RDP_ORDERS, Release, epsilon
-from privacy.central_dp import (
+from privacy.dp.accounting import RDP_ORDERS, Release, epsilon
+from privacy.dp.user_level import (
     CentralDPError,
     calibrate_user_level,
     clip_update,

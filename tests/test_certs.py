@@ -13,7 +13,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from privacy.certs import CertError, parse_san, verify_server_certificate, write_certificates
+from privacy.transport.certs import (
+    CertError,
+    parse_san,
+    verify_server_certificate,
+    write_certificates,
+)
 
 
 def _load_cli() -> Any:

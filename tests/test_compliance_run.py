@@ -19,8 +19,8 @@ DIGITS = ROOT / "clients" / "manifests" / "digits.toml"
 
 
 def _fedguard_policy(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "privacy", *args], capture_output=True,
-                          text=True, timeout=120, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "privacy.compliance.cli", *args],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
 def test_failing_node_is_excluded_and_the_run_completes_with_a_signed_record(tmp_path) -> None:
@@ -79,7 +79,7 @@ def test_manifest_init_writes_a_template_that_loads(tmp_path, capsys) -> None:
     out = tmp_path / "m.toml"
     assert node_main(["manifest", "init", "--out", str(out), "--name", "ward-7",
                       "--records", "120", "--country", "DE"]) == 0
-    from privacy.manifest import load_manifest
+    from privacy.compliance.manifest import load_manifest
 
     assert load_manifest(out).records == 120
     assert node_main(["manifest", "init", "--out", str(out)]) == 2

@@ -23,8 +23,8 @@ import dp_accounting
 import pytest
 from dp_accounting import pld, rdp
 
-from privacy.accounting import RDP_ORDERS, Release, epsilon
-from privacy.ledger import PrivacyLedger
+from privacy.dp.accounting import RDP_ORDERS, Release, epsilon
+from privacy.dp.ledger import PrivacyLedger
 
 FP = "d" * 64
 RUNS = {

@@ -7,8 +7,8 @@ import sqlite3
 import pytest
 
 from clients.__main__ import main as node_main
-from privacy.accounting import epsilon
-from privacy.ledger import PrivacyLedger
+from privacy.dp.accounting import epsilon
+from privacy.dp.ledger import PrivacyLedger
 from tests.conftest import rows_by, run_simulation
 
 pytestmark = pytest.mark.slow

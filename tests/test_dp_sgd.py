@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from privacy import dp_sgd
-from privacy.accounting import Release, epsilon
-from privacy.dp_sgd import (
+from privacy.dp import dp_sgd
+from privacy.dp.accounting import Release, epsilon
+from privacy.dp.dp_sgd import (
     DPConfigError,
     DPSGDConfig,
     DPSGDSession,
@@ -20,7 +20,7 @@ from privacy.dp_sgd import (
     make_private,
     plan_release,
 )
-from privacy.ledger import PrivacyLedger
+from privacy.dp.ledger import PrivacyLedger
 
 # Opacus' hooks trigger a harmless torch warning when the inputs need no grad.
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")

@@ -30,7 +30,7 @@ from assistant.answering import Answer, AskError, Assistant
 from assistant.knowledge_base import KBError, load_kb, parse_entries
 from clients.data import DataError, Split, dataset_spec, load_node_file
 from clients.task import ConfigError, TaskConfig
-from privacy.dp_sgd import DPConfigError, DPSGDConfig
+from privacy.dp.dp_sgd import DPConfigError, DPSGDConfig
 from server.config import ServerConfig
 
 FUZZ = settings(database=None, deadline=None, max_examples=150,
@@ -459,7 +459,7 @@ def _cli(name: str) -> Callable[[Sequence[str]], int]:
     elif name == "fedguard-ask":
         from assistant.__main__ import main
     else:
-        from privacy.__main__ import main
+        from privacy.compliance.cli import main
     return main
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from privacy.accounting import Release, epsilon
-from privacy.ledger import (
+from privacy.dp.accounting import Release, epsilon
+from privacy.dp.ledger import (
     LedgerError,
     PrivacyLedger,
     dataset_fingerprint,

@@ -9,9 +9,9 @@ import pytest
 from assistant.answering import Assistant
 from assistant.live_intents import LiveSource
 from assistant.live_source import LEDGER_FILE, RunStoreLiveSource, compliance_summary
-from privacy.accounting import Release
-from privacy.ledger import PrivacyLedger
-from privacy.manifest import loads_manifest
+from privacy.compliance.manifest import loads_manifest
+from privacy.dp.accounting import Release
+from privacy.dp.ledger import PrivacyLedger
 from server.store import RunStore
 from tests.ui_fixtures import BUDGET, LIVE_RUN_ID, MANIFEST_TOML, RUN_ID, build_recorded_run
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from privacy.manifest import (
+from privacy.compliance.manifest import (
     Manifest,
     ManifestError,
     load_manifest,

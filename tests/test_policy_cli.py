@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from privacy.__main__ import main
-from privacy.audit import AuditLog
-from privacy.policy.loader import ENV_VAR
-from privacy.provenance import build_record, sign_record, write_record
-from privacy.signing import load_or_create_key, public_key_b64
+from privacy.compliance.audit import AuditLog
+from privacy.compliance.cli import main
+from privacy.compliance.policy.loader import ENV_VAR
+from privacy.compliance.provenance import build_record, sign_record, write_record
+from privacy.compliance.signing import load_or_create_key, public_key_b64
 
 DATA = Path(__file__).parent / "data" / "policy"
 RUN = str(DATA / "good-run.toml")
@@ -206,7 +206,8 @@ def test_console_module_never_prints_a_traceback(tmp_path: Path) -> None:
     bad.write_text("[dataset]\nname = 'x'\nrecords = 'many'\n")
     shutil.copy(RUN, tmp_path / "run.toml")
     proc = subprocess.run(
-        [sys.executable, "-m", "privacy", "check", "--run-config", str(tmp_path / "run.toml"),
+        [sys.executable, "-m", "privacy.compliance.cli", "check", "--run-config",
+         str(tmp_path / "run.toml"),
          "--manifest", str(bad)],
         capture_output=True, text=True, cwd=ROOT, timeout=120, check=False,
     )
@@ -218,7 +219,7 @@ def test_console_module_never_prints_a_traceback(tmp_path: Path) -> None:
 def test_unexpected_errors_are_one_line_too(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import privacy.__main__ as cli
+    import privacy.compliance.cli as cli
 
     def boom(*_: object, **__: object) -> None:
         raise RuntimeError("disk on fire")

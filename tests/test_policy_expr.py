@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from privacy.policy import EvalError, ExprError, PolicyError, compile_expr
-from privacy.policy.expr import FUNCTIONS, MAX_SOURCE
+from privacy.compliance.policy import EvalError, ExprError, PolicyError, compile_expr
+from privacy.compliance.policy.expr import FUNCTIONS, MAX_SOURCE
 
 TODAY = date(2026, 11, 24)
 FACTS: dict[str, Any] = {

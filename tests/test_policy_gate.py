@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from privacy.audit import AuditLog
-from privacy.manifest import load_manifest, parse_manifest
-from privacy.policy import PolicyError, load_run_config, run_policy_gate
-from privacy.policy.loader import ENV_VAR
+from privacy.compliance.audit import AuditLog
+from privacy.compliance.manifest import load_manifest, parse_manifest
+from privacy.compliance.policy import PolicyError, load_run_config, run_policy_gate
+from privacy.compliance.policy.loader import ENV_VAR
 
 DATA = Path(__file__).parent / "data" / "policy"
 TODAY = date(2026, 11, 24)

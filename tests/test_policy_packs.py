@@ -13,9 +13,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from privacy.manifest import load_manifest
-from privacy.policy import BUILTIN_PACKS, PolicyError, evaluate, load_packs, load_run_config
-from privacy.policy.loader import ENV_VAR, parse_pack
+from privacy.compliance.manifest import load_manifest
+from privacy.compliance.policy import (
+    BUILTIN_PACKS,
+    PolicyError,
+    evaluate,
+    load_packs,
+    load_run_config,
+)
+from privacy.compliance.policy.loader import ENV_VAR, parse_pack
 
 DATA = Path(__file__).parent / "data" / "policy"
 USER_PACKS = DATA / "user-packs"
@@ -210,7 +216,7 @@ def test_random_packs_load_or_fail_cleanly(data: dict[str, Any]) -> None:
 
 def test_shipped_pack_files_are_valid_toml_with_matching_names() -> None:
     for name in BUILTIN_PACKS:
-        path = Path(__file__).parents[1] / "privacy" / "policy" / "packs" / f"{name}.toml"
+        path = Path(__file__).parents[1] / "privacy" / "compliance" / "policy" / "packs" / f"{name}.toml"
         assert tomllib.loads(path.read_text("utf-8"))["pack"]["name"] == name
 
 

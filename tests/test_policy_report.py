@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from privacy.audit import AuditLog
-from privacy.manifest import load_manifest, parse_manifest
-from privacy.policy import (
+from privacy.compliance.audit import AuditLog
+from privacy.compliance.manifest import load_manifest, parse_manifest
+from privacy.compliance.policy import (
     BUILTIN_PACKS,
     PolicyError,
     PolicyReport,
@@ -99,7 +99,7 @@ def test_audit_verdicts_writes_every_decision(tmp_path: Path, report: PolicyRepo
 
 
 def test_markdown_escapes_table_pipes() -> None:
-    from privacy.policy.report import Verdict
+    from privacy.compliance.policy.report import Verdict
 
     v = Verdict("X1", None, "p", "n|1", "warn", "warn", "a|b", {"en": "t|t", "zh": "t"},
                 {"en": "e", "zh": "e"}, {"k": "v|w"})

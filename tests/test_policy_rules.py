@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from privacy.manifest import Manifest, parse_manifest
-from privacy.policy import (
+from privacy.compliance.manifest import Manifest, parse_manifest
+from privacy.compliance.policy import (
     BUILTIN_PACKS,
     PolicyError,
     PolicyReport,
@@ -138,7 +138,7 @@ def test_undeclared_record_count_never_passes_p3() -> None:
 
 
 def test_node_epsilon_from_ledger_overrides_run_target() -> None:
-    from privacy.policy import RunFacts
+    from privacy.compliance.policy import RunFacts
 
     run, manifest = build({})
     facts = RunFacts.from_config(run, node_epsilon={"n1": 11.0, "n2": 0.5})

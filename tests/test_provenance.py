@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from privacy.provenance import (
+from privacy.compliance.provenance import (
     ProvenanceError,
     build_record,
     load_record,
@@ -18,7 +18,7 @@ from privacy.provenance import (
     verify_record,
     write_record,
 )
-from privacy.signing import (
+from privacy.compliance.signing import (
     KEY_FILENAME,
     SigningError,
     load_or_create_key,

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from clients.supernode import SuperNode
-from privacy.certs import write_certificates
+from privacy.transport.certs import write_certificates
 from server.store import RunStore
 from server.superlink import SuperLink, TLSFiles
 from tests.conftest import ROOT

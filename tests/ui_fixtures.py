@@ -22,10 +22,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from privacy.manifest import loads_manifest
-from privacy.policy import evaluate, load_packs
-from privacy.provenance import build_record, sign_record, write_record
-from privacy.signing import public_key_b64
+from privacy.compliance.manifest import loads_manifest
+from privacy.compliance.policy import evaluate, load_packs
+from privacy.compliance.provenance import build_record, sign_record, write_record
+from privacy.compliance.signing import public_key_b64
 from server.store import RunStore
 
 RUN_ID = "run-ui-demo"

@@ -1,8 +1,8 @@
 """Policy checks page: a recorded run's stored verdicts, or uploaded config + manifests evaluated
 with chosen packs; verdicts in English or Chinese, reports downloadable as Markdown and JSON.
 
-Uploads are parsed by `privacy.policy` / `privacy.manifest`; any problem is their one-line
-message, shown with the file name, never a traceback.
+Uploads are parsed by `privacy.compliance.policy` / `privacy.compliance.manifest`; any problem
+is their one-line message, shown with the file name, never a traceback.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from assistant.ui.data import (
     stored_path,
 )
 from assistant.ui.text import md_escape, one_line
-from privacy.manifest import Manifest, ManifestError, loads_manifest
-from privacy.policy import (
+from privacy.compliance.manifest import Manifest, ManifestError, loads_manifest
+from privacy.compliance.policy import (
     PolicyError,
     PolicyReport,
     Verdict,
@@ -36,7 +36,7 @@ from privacy.policy import (
     load_packs,
     load_run_config,
 )
-from privacy.policy.report import STATUSES
+from privacy.compliance.policy.report import STATUSES
 
 MAX_TOML_BYTES = 256 * 1024
 LANGS = {"en": "English", "zh": "中文"}

@@ -1,8 +1,8 @@
 """Provenance page: verify a signed provenance record (a run's, or an uploaded one) and
 optionally that a model file is the one it describes.
 
-Verification is `privacy.provenance.verify_record`, which never raises and lists every problem;
-the page shows its verdict, the reasons, and what the record claims.
+Verification is `privacy.compliance.provenance.verify_record`, which never raises and lists
+every problem; the page shows its verdict, the reasons, and what the record claims.
 """
 
 from __future__ import annotations
@@ -26,7 +26,12 @@ from assistant.ui.data import (
     stored_path,
 )
 from assistant.ui.text import md_escape
-from privacy.provenance import ProvenanceCheck, ProvenanceError, load_record, verify_record
+from privacy.compliance.provenance import (
+    ProvenanceCheck,
+    ProvenanceError,
+    load_record,
+    verify_record,
+)
 
 MAX_RECORD_BYTES = 5 * 1024 * 1024
 RESULT_KEY = "provenance_result"

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import sys
 
-from privacy.accounting import Release
-from privacy.ledger import PrivacyLedger
+from privacy.dp.accounting import Release
+from privacy.dp.ledger import PrivacyLedger
 
 FINGERPRINT = "sigkill-test-dataset"
 

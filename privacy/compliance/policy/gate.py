@@ -12,12 +12,12 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from privacy.audit import AuditLog
-from privacy.manifest import Manifest
-from privacy.policy.engine import evaluate
-from privacy.policy.facts import RunFacts
-from privacy.policy.loader import load_packs, parse_param_overrides
-from privacy.policy.report import PolicyReport, audit_verdicts
+from privacy.compliance.audit import AuditLog
+from privacy.compliance.manifest import Manifest
+from privacy.compliance.policy.engine import evaluate
+from privacy.compliance.policy.facts import RunFacts
+from privacy.compliance.policy.loader import load_packs, parse_param_overrides
+from privacy.compliance.policy.report import PolicyReport, audit_verdicts
 
 __all__ = ["DEFAULT_PACKS", "PACK_DIR_NAME", "run_policy_gate"]
 

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from privacy.policy.errors import PolicyError
+from privacy.compliance.policy.errors import PolicyError
 
 if TYPE_CHECKING:
-    from privacy.audit import AuditLog
+    from privacy.compliance.audit import AuditLog
 
 __all__ = ["STATUSES", "PolicyReport", "Verdict", "audit_verdicts"]
 

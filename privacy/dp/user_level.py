@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from privacy.accounting import AccountingError, Release, calibrate_noise, epsilon
+from privacy.dp.accounting import AccountingError, Release, calibrate_noise, epsilon
 
 __all__ = [
     "CentralDPError",

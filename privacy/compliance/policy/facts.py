@@ -17,8 +17,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from privacy.manifest import EEA_COUNTRIES, Manifest
-from privacy.policy.errors import PolicyError
+from privacy.compliance.manifest import EEA_COUNTRIES, Manifest
+from privacy.compliance.policy.errors import PolicyError
 
 __all__ = [
     "MANIFEST_FACTS",

@@ -27,8 +27,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from privacy.files import sha256_file
-from privacy.signing import (
+from privacy.compliance.signing import (
     SigningError,
     canonical_json,
     key_id,
@@ -36,6 +35,7 @@ from privacy.signing import (
     sign_bytes,
     verify_bytes,
 )
+from privacy.files import sha256_file
 
 __all__ = [
     "SCHEMA",

@@ -9,12 +9,12 @@ Typical use by the server (``run_policy_gate`` does exactly this)::
     if report.run_failed: refuse to start with report.summary()
 """
 
-from privacy.policy.engine import evaluate
-from privacy.policy.errors import EvalError, ExprError, PolicyError
-from privacy.policy.expr import Expr, compile_expr
-from privacy.policy.facts import RunFacts, load_run_config
-from privacy.policy.gate import run_policy_gate
-from privacy.policy.loader import (
+from privacy.compliance.policy.engine import evaluate
+from privacy.compliance.policy.errors import EvalError, ExprError, PolicyError
+from privacy.compliance.policy.expr import Expr, compile_expr
+from privacy.compliance.policy.facts import RunFacts, load_run_config
+from privacy.compliance.policy.gate import run_policy_gate
+from privacy.compliance.policy.loader import (
     BUILTIN_PACKS,
     Pack,
     Rule,
@@ -22,7 +22,7 @@ from privacy.policy.loader import (
     load_packs,
     parse_param_overrides,
 )
-from privacy.policy.report import PolicyReport, Verdict, audit_verdicts
+from privacy.compliance.policy.report import PolicyReport, Verdict, audit_verdicts
 
 __all__ = [
     "BUILTIN_PACKS",

@@ -15,10 +15,9 @@ from datetime import date
 from pathlib import Path
 from typing import NoReturn
 
-from privacy.audit import AuditError, AuditLog
-from privacy.files import atomic_write
-from privacy.manifest import Manifest, ManifestError, load_manifest
-from privacy.policy import (
+from privacy.compliance.audit import AuditError, AuditLog
+from privacy.compliance.manifest import Manifest, ManifestError, load_manifest
+from privacy.compliance.policy import (
     PolicyError,
     RunFacts,
     audit_verdicts,
@@ -27,8 +26,9 @@ from privacy.policy import (
     load_run_config,
     parse_param_overrides,
 )
-from privacy.provenance import ProvenanceError, load_record, verify_record
-from privacy.signing import SigningError
+from privacy.compliance.provenance import ProvenanceError, load_record, verify_record
+from privacy.compliance.signing import SigningError
+from privacy.files import atomic_write
 
 PROG = "fedguard-policy"
 _INPUT_ERRORS = (ManifestError, PolicyError, ProvenanceError, AuditError, SigningError)

@@ -34,7 +34,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from privacy.signing import SigningError, canonical_json, public_key_b64, sign_bytes, verify_bytes
+from privacy.compliance.signing import (
+    SigningError,
+    canonical_json,
+    public_key_b64,
+    sign_bytes,
+    verify_bytes,
+)
 
 __all__ = ["GENESIS", "AuditError", "AuditLog", "AuditVerification", "entry_hash"]
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from privacy.policy.errors import EvalError, ExprError
+from privacy.compliance.policy.errors import EvalError, ExprError
 
 __all__ = ["FUNCTIONS", "MAX_NODES", "MAX_SOURCE", "Expr", "compile_expr"]
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from privacy.accounting import ACCOUNTANTS, AccountingError, Release, epsilon
+from privacy.dp.accounting import ACCOUNTANTS, AccountingError, Release, epsilon
 
 __all__ = [
     "KINDS",

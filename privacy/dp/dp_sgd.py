@@ -35,8 +35,8 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from privacy.accounting import ACCOUNTANTS, AccountingError, Release, calibrate_noise
-from privacy.ledger import BudgetDecision, LedgerEntry, PrivacyLedger
+from privacy.dp.accounting import ACCOUNTANTS, AccountingError, Release, calibrate_noise
+from privacy.dp.ledger import BudgetDecision, LedgerEntry, PrivacyLedger
 
 __all__ = [
     "GRAD_SAMPLE_MODES",

@@ -1,6 +1,6 @@
 """Load policy packs (TOML files of rules) from the built-in directory and user directories.
 
-Search order: the shipped packs (``privacy/policy/packs``), then every directory in
+Search order: the shipped packs (``privacy/compliance/policy/packs``), then every directory in
 ``FEDGUARD_POLICY_PATH`` (``os.pathsep``-separated), then ``extra_dirs`` (e.g.
 ``<data-dir>/policy-packs``). A user pack with a built-in pack's name replaces it and is
 enabled only when that name is selected; any other user pack is always enabled, which is what
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from privacy.policy.errors import ExprError, PolicyError
-from privacy.policy.expr import Expr, compile_expr
-from privacy.policy.facts import MANIFEST_FACTS, NODE_FACTS, RUN_FACTS
+from privacy.compliance.policy.errors import ExprError, PolicyError
+from privacy.compliance.policy.expr import Expr, compile_expr
+from privacy.compliance.policy.facts import MANIFEST_FACTS, NODE_FACTS, RUN_FACTS
 
 __all__ = [
     "BUILTIN_DIR",

@@ -13,12 +13,12 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
-from privacy.manifest import Manifest
-from privacy.policy.errors import EvalError, PolicyError
-from privacy.policy.expr import Expr
-from privacy.policy.facts import RunFacts, empty_manifest_facts, node_facts, today_utc
-from privacy.policy.loader import Pack, Rule
-from privacy.policy.report import PolicyReport, Verdict
+from privacy.compliance.manifest import Manifest
+from privacy.compliance.policy.errors import EvalError, PolicyError
+from privacy.compliance.policy.expr import Expr
+from privacy.compliance.policy.facts import RunFacts, empty_manifest_facts, node_facts, today_utc
+from privacy.compliance.policy.loader import Pack, Rule
+from privacy.compliance.policy.report import PolicyReport, Verdict
 
 __all__ = ["evaluate"]
 
