@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedguard-installed
 export FLWR_HOME := $(CURDIR)/.flwr-home
 
-.PHONY: demo test test-fast lint ui bench clean install browser
+.PHONY: demo test test-fast fuzz lint ui bench clean install browser
 
 install: $(STAMP)
 
@@ -33,6 +33,13 @@ test: $(STAMP) browser
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not integration and not browser"
+
+# The property tests as a random search (CI replays them deterministically); run it often.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m "not slow and not integration and not browser" \
+	  tests/test_fuzz_inputs.py tests/test_manifest.py tests/test_policy_expr.py \
+	  tests/test_policy_packs.py tests/test_policy_rules.py tests/test_accounting.py \
+	  tests/test_central_dp.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -21,25 +21,17 @@ from assistant.knowledge_base import KBError, load_kb
 from assistant.language import LanguageError
 from assistant.live_intents import LiveSource, detect_live_intent
 from assistant.llm_rewrite import LLMConfigError
+from privacy.console import OneLineParser, fail
 
 PROG = "fedguard-ask"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line (argparse prints usage + error)."""
-
-    def error(self, message: str) -> NoReturn:
-        _fail(f"{message}; see {PROG} --help")
-
-
 def _fail(message: str) -> NoReturn:
-    flat = " ".join("".join(c if c.isprintable() else " " for c in message).split())
-    print(f"{PROG}: error: {flat}", file=sys.stderr)
-    raise SystemExit(2)
+    fail(PROG, message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog=PROG,
         description="Answer IP and data-compliance questions (Chinese or English) with sources.",
         epilog="Exit status: 0 answered or abstained, 2 bad input.",

@@ -10,24 +10,11 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 from clients.supernode import NodeLaunchError, SuperNode, free_port
+from privacy.console import OneLineParser, one_line
 
 PROG = "fedguard-node"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error on one line (plain argparse prints usage too)."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"{PROG}: error: {one_line(message)} (see {PROG} --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def one_line(text: str) -> str:
-    """Collapse newlines and control characters so an error stays one line."""
-    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
 def _cmd_start(args: argparse.Namespace) -> int:
@@ -130,8 +117,8 @@ def _fail(msg: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Run and inspect a fedguard node.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = OneLineParser(prog=PROG, description="Run and inspect a fedguard node.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     s = sub.add_parser("start", help="start a Flower SuperNode for this node's data")
     s.add_argument("--superlink", default="127.0.0.1:9092", help="SuperLink Fleet API address")
     s.add_argument("--data-path", help="the node's own CSV (header + 'label' column) or NPZ (x, y)")
@@ -153,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     led.add_argument("--accountant", default="rdp", choices=["rdp", "prv"])
     led.set_defaults(func=_cmd_ledger)
     man = sub.add_parser("manifest", help="data manifests")
-    msub = man.add_subparsers(dest="manifest_command", required=True, parser_class=_Parser)
+    msub = man.add_subparsers(dest="manifest_command", required=True, parser_class=OneLineParser)
     init = msub.add_parser("init", help="write a commented manifest template to fill in")
     init.add_argument("--out", default="manifest.toml", help="where to write it")
     init.add_argument("--name", default="my-dataset", help="dataset name")

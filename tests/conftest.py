@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from server.store import RunStore
 from server.superlink import SuperLink
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# CI is deterministic: property tests replay the same examples every run and keep no database.
+# `make fuzz` (HYPOTHESIS_PROFILE=fuzz) runs the same tests as a random search.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None,
+                          print_blob=True)
+settings.register_profile("fuzz", derandomize=False, database=None, deadline=None,
+                          print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def run_simulation(

@@ -529,6 +529,10 @@ def test_cli_node_garbage_is_one_line(argv: list[str]) -> None:
     ("fedguard-policy", ["check"]),
     ("fedguard-policy", ["verify-audit"]),
     ("fedguard-policy", ["list-rules", "--lang", "fr"]),
+    # found by the random search: an unknown argument with a newline was echoed on two lines
+    ("fedguard-policy", ["list-rules", "--zz\nsecond line"]),
+    ("fedguard-node", ["ledger", "--data-dir", "x", "--bogus\r\nline"]),
+    ("fedguard-ask", ["--zz\x0bq", "hello"]),
 ])
 def test_cli_known_bad_usage(prog: str, argv: list[str]) -> None:
     assert_usage_error(prog, argv)

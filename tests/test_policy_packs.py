@@ -216,7 +216,7 @@ def test_random_packs_load_or_fail_cleanly(data: dict[str, Any]) -> None:
 
 def test_shipped_pack_files_are_valid_toml_with_matching_names() -> None:
     for name in BUILTIN_PACKS:
-        path = Path(__file__).parents[1] / "privacy" / "compliance" / "policy" / "packs" / f"{name}.toml"
+        path = Path(__file__).parents[1] / "privacy/compliance/policy/packs" / f"{name}.toml"
         assert tomllib.loads(path.read_text("utf-8"))["pack"]["name"] == name
 
 

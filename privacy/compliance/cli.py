@@ -28,6 +28,7 @@ from privacy.compliance.policy import (
 )
 from privacy.compliance.provenance import ProvenanceError, load_record, verify_record
 from privacy.compliance.signing import SigningError
+from privacy.console import one_line
 from privacy.files import atomic_write
 
 PROG = "fedguard-policy"
@@ -40,7 +41,7 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see {self.prog} --help)")
+        raise UsageError(one_line(f"{message} (see {self.prog} --help)"))
 
 
 def _build_parser() -> argparse.ArgumentParser:
