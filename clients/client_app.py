@@ -1,9 +1,10 @@
 """The Flower ClientApp: converts Messages to plain calls into the node's code and back.
 
-In deployment every message starts a fresh process, so heavy modules (torch, Opacus) are
-imported inside the handlers that need them: the key-exchange stages of secure aggregation run
-without them. Known node problems (bad data file, bad config, exhausted budget) become a reply
-with a one-line reason, so the server records them and the node's log shows no traceback.
+Known node problems (bad data, bad config, a task that does not fit, an exhausted budget)
+become a reply with a one-line reason, so the server records them and the node's log shows no
+traceback. What leaves the node depends on the run: in clear only without secure aggregation,
+and then only what DP allows; under secure aggregation every data-dependent number rides inside
+the masked vector.
 """
 
 from __future__ import annotations
@@ -13,26 +14,23 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.secagg_node import handle_stage, masked_update
-from clients.secagg_records import payload_record, record_payload
+from clients.task import wire
 from privacy.secagg import SecAggError
 
 app = ClientApp()
 
 NODE_INPUT_ERROR = 4001  # error code for "this node's data or config is wrong"
-REFUSED_KEY = "refused"  # a train reply without weights: the node's privacy budget is spent
 
 
 def _node_errors() -> tuple[type[Exception], ...]:
     """Errors that mean "this node's input is wrong" (imported lazily: they pull in torch)."""
-    from clients.data import DataError
-    from clients.models import ModelError
-    from clients.task import ConfigError
+    from clients.task.contract import TaskError
+    from clients.task.run_config import ConfigError
     from privacy.dp.accounting import AccountingError
     from privacy.dp.ledger import LedgerError
 
-    errors: list[type[Exception]] = [DataError, ConfigError, ModelError, LedgerError,
-                                     AccountingError, SecAggError]
+    errors: list[type[Exception]] = [TaskError, ConfigError, LedgerError, AccountingError,
+                                     SecAggError, OSError]
     import sys
 
     if "privacy.dp.dp_sgd" in sys.modules:  # only loaded (with Opacus) when the run uses DP
@@ -41,85 +39,123 @@ def _node_errors() -> tuple[type[Exception], ...]:
 
 
 def _error_reply(msg: Message, err: Exception) -> Message:
-    return Message(Error(code=NODE_INPUT_ERROR, reason=str(err)), reply_to=msg)
+    reason = " ".join(str(err).split()) or type(err).__name__
+    return Message(Error(code=NODE_INPUT_ERROR, reason=reason), reply_to=msg)
 
 
 def _refusal(msg: Message, metrics: dict[str, float], reason: str) -> Message:
     content = RecordDict({
-        "metrics": MetricRecord({**metrics, REFUSED_KEY: 1}),
-        "refusal": ConfigRecord({"reason": reason}),
+        wire.METRICS: MetricRecord({**metrics, wire.REFUSED_KEY: 1}),
+        wire.REFUSAL: ConfigRecord({"reason": reason}),
     })
     return Message(content=content, reply_to=msg)
 
 
-def _train(msg: Message, context: Context) -> tuple[Any, dict[str, Any]]:
-    from clients.local_update import local_train
-    from clients.task import TaskConfig
+def _runtime(context: Context) -> Any:
+    from clients.training.node import node_runtime
 
-    task = TaskConfig.from_run_config(context.run_config)
-    state = msg.content["arrays"].to_torch_state_dict()
-    round_config = msg.content["config"]
-    rnd = int(round_config.get("server-round", 0))
-    out = local_train(task, context.node_config, state, rnd, context.run_config, context.run_id)
-    out.metrics["aggregation-weight"] = out.metrics.get("num-examples", 0.0)
-    if out.state is not None and "central-dp-noise" in round_config:
-        from clients.user_dp import apply_user_level_dp
+    return node_runtime(context.run_config, context.node_config, context.run_id)
 
-        out.state, facts = apply_user_level_dp(state, out.state, round_config)
-        out.metrics.update(facts)
-        out.metrics["aggregation-weight"] = 1.0  # user-level DP: every node counts the same
-    return out, state
+
+def _guard(msg: Message, fn: Any) -> Message:
+    """Run a handler; a known node problem becomes a one-line error reply."""
+    try:
+        return fn()
+    except Exception as err:
+        if isinstance(err, _node_errors()):
+            return _error_reply(msg, err)
+        raise
+
+
+def _clear_metrics(runtime: Any, out: Any) -> dict[str, float]:
+    """What a train reply may carry in clear (no secure aggregation)."""
+    metrics = dict(out.metrics)
+    if runtime.cfg.dp:  # DP protects the update; these would describe the data in clear
+        for key in ("loss", "train-time", "num-examples"):
+            metrics.pop(key, None)
+        metrics["num-examples"] = 1.0
+    if out.evaluation is not None and not runtime.cfg.dp:
+        ev = out.evaluation
+        metrics.update(wire.summary_metrics(wire.EVAL_PREFIX, ev.examples, ev.loss, ev.metrics))
+    return metrics
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    try:
-        out, _ = _train(msg, context)
-    except Exception as err:
-        if isinstance(err, _node_errors()):
-            return _error_reply(msg, err)
-        raise
-    if out.refusal:
-        return _refusal(msg, out.metrics, out.refusal)
-    content = RecordDict({"arrays": ArrayRecord(out.state), "metrics": MetricRecord(out.metrics)})
-    return Message(content=content, reply_to=msg)
+    def run() -> Message:
+        runtime = _runtime(context)
+        state = msg.content[wire.ARRAYS].to_torch_state_dict()
+        rnd = int(msg.content[wire.CONFIG].get("server-round", 0))
+        out = runtime.train(state, rnd, runtime.cfg.federated_evaluation)
+        if out.refusal:
+            return _refusal(msg, out.metrics, out.refusal)
+        metrics = _clear_metrics(runtime, out)
+        metrics[wire.WEIGHT_KEY] = metrics["num-examples"]
+        if "central-dp-noise" in msg.content[wire.CONFIG]:
+            from clients.training.user_dp import apply_user_level_dp
+
+            out.state, facts = apply_user_level_dp(state, out.state, msg.content[wire.CONFIG])
+            metrics.update(facts)
+            metrics[wire.WEIGHT_KEY] = 1.0  # user-level DP: every node counts the same
+        content = RecordDict({wire.ARRAYS: ArrayRecord(out.state),
+                              wire.METRICS: MetricRecord(metrics)})
+        return Message(content=content, reply_to=msg)
+
+    return _guard(msg, run)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    from clients.local_update import local_evaluate
-    from clients.task import TaskConfig
+    """Federated evaluation of the final model (rounds evaluate inside the train exchange)."""
+    def run() -> Message:
+        runtime = _runtime(context)
+        ev = runtime.evaluate(msg.content[wire.ARRAYS].to_torch_state_dict())
+        metrics = {wire.WEIGHT_KEY: 1.0}
+        if ev is not None and not runtime.cfg.dp:
+            metrics.update(wire.summary_metrics(wire.EVAL_PREFIX, ev.examples, ev.loss,
+                                                ev.metrics))
+        return Message(content=RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
+    return _guard(msg, run)
+
+
+@app.query("admission")
+def admission(msg: Message, context: Context) -> Message:
+    """Before round 1: the node's data manifest (its bytes, hashed by the server) and whether
+    its data fits the run's task - never data."""
+    from clients.node.manifest import ManifestMissing, manifest_bytes
+
+    record = ConfigRecord({})
     try:
-        task = TaskConfig.from_run_config(context.run_config)
-        state = msg.content["arrays"].to_torch_state_dict()
-        metrics = local_evaluate(task, context.node_config, state)
-    except Exception as err:
-        if isinstance(err, _node_errors()):
-            return _error_reply(msg, err)
-        raise
-    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
-
-
-@app.query("manifest")
-def manifest(msg: Message, context: Context) -> Message:
-    """Send the node's data manifest (the file's bytes, hashed by the server) - never data."""
-    from clients.node_manifest import ManifestMissing, manifest_bytes
-
-    try:
-        data = manifest_bytes(context.node_config, context.run_config)
+        runtime = _runtime(context)
+        record["manifest"] = manifest_bytes(context.node_config, context.run_config,
+                                            runtime.task.demo_manifest)
     except (ManifestMissing, OSError) as err:
-        return _error_reply(msg, err)
-    return Message(content=RecordDict({"manifest": ConfigRecord({"toml": data})}), reply_to=msg)
-
-
-# --- secure aggregation (see server/secagg_strategy.py for the server's side) ----------------
-def _stage(stage: str, msg: Message, context: Context) -> Message:
+        record["manifest-error"] = " ".join(str(err).split())
+    except Exception as err:
+        if not isinstance(err, _node_errors()):
+            raise
+        record["data-error"] = " ".join(str(err).split())
+        return Message(content=RecordDict({wire.ADMISSION: record}), reply_to=msg)
     try:
-        reply = handle_stage(context, stage, record_payload(msg.content))
+        runtime.check_data()
+        record["metric-names"] = runtime.metric_names
+    except Exception as err:
+        if not isinstance(err, _node_errors()):
+            raise
+        record["data-error"] = " ".join(str(err).split())
+    return Message(content=RecordDict({wire.ADMISSION: record}), reply_to=msg)
+
+
+# --- secure aggregation (see server/strategy/secure.py for the server's side) ---------------
+def _stage(stage: str, msg: Message, context: Context) -> Message:
+    from clients.secagg import handle_stage
+
+    try:
+        reply = handle_stage(context, stage, wire.record_payload(msg.content))
     except SecAggError as err:
         return _error_reply(msg, err)
-    return Message(content=payload_record(reply), reply_to=msg)
+    return Message(content=wire.payload_record(reply), reply_to=msg)
 
 
 @app.train("secagg_setup")
@@ -137,28 +173,73 @@ def secagg_unmask(msg: Message, context: Context) -> Message:
     return _stage("unmask", msg, context)
 
 
+def summary_tail(runtime: Any, out: Any, names: list[str], with_eval: bool,
+                 evaluate_only: bool) -> list[float]:
+    """The summaries riding in the masked vector, in the layout the server announced:
+    evaluation [examples, loss, names...] when `with_eval`, then (without DP) training
+    [examples, loss]. A node without validation data contributes zeros."""
+    cfg, bound = runtime.cfg, runtime.task.loss_bound
+    tail: list[float] = []
+    if with_eval:
+        ev = out.evaluation
+        if ev is not None and set(ev.metrics) != set(names):
+            raise wire_error(f"the task's metrics {sorted(ev.metrics)} differ from the run's "
+                             f"{names}; every node must run the same task version")
+        tail += (wire.pack_summary(ev.examples, ev.loss, ev.metrics, names,
+                                   cfg.secagg_max_weight, bound) if ev is not None
+                 else [0.0] * (2 + len(names)))
+    if not cfg.dp:
+        n = 0.0 if evaluate_only else out.metrics["num-examples"]
+        loss = 0.0 if evaluate_only else min(out.metrics["loss"], bound) * n
+        tail += wire.pack_summary(n, loss, {}, [], cfg.secagg_max_weight, bound)
+    return tail
+
+
+def wire_error(message: str) -> Exception:
+    from clients.task.contract import TaskError
+
+    return TaskError(message)
+
+
 @app.train("secagg_masked")
 def secagg_masked(msg: Message, context: Context) -> Message:
-    """Train, then send only the masked [weight * update, weight] vector."""
-    try:
-        out, global_state = _train(msg, context)
-        if out.refusal:
-            return _refusal(msg, out.metrics, out.refusal)
+    """Train (or only evaluate), then send the masked [w * update, w, summaries] vector."""
+    def run() -> Message:
+        import numpy as np
 
-        def to_np(state: dict[str, Any]) -> dict[str, Any]:
-            return {k: v.detach().cpu().numpy() for k, v in state.items()}
+        from clients.secagg import masked_update, state_delta
 
-        reply = masked_update(
-            context, record_payload(msg.content), to_np(global_state), to_np(out.state),
-            out.metrics["aggregation-weight"],
-            float(context.run_config.get("secagg-max-weight", 10000.0)),
-        )
-    except Exception as err:
-        if isinstance(err, _node_errors()):
-            return _error_reply(msg, err)
-        raise
-    content = payload_record(reply)
-    # The weight travels masked; the node's example count is not revealed in the metrics.
-    hidden = ("num-examples", "aggregation-weight")
-    content["metrics"] = MetricRecord({k: v for k, v in out.metrics.items() if k not in hidden})
-    return Message(content=content, reply_to=msg)
+        runtime = _runtime(context)
+        cfg = runtime.cfg
+        round_cfg = msg.content[wire.CONFIG]
+        state = msg.content[wire.ARRAYS].to_torch_state_dict()
+        evaluate_only = bool(round_cfg.get("evaluate-only", False))
+        if evaluate_only:
+            from clients.training.node import TrainOutcome
+
+            out = TrainOutcome(state, {"num-examples": 1.0},
+                               runtime.evaluate(state, bounded=True))
+        else:
+            out = runtime.train(state, int(round_cfg.get("server-round", 0)),
+                                cfg.federated_evaluation)
+            if out.refusal:
+                return _refusal(msg, out.metrics, out.refusal)
+        weight = 1.0 if cfg.dp or evaluate_only else out.metrics["num-examples"]
+        if "central-dp-noise" in round_cfg and not evaluate_only:
+            from clients.training.user_dp import apply_user_level_dp
+
+            out.state, _ = apply_user_level_dp(state, out.state, round_cfg)
+            weight = 1.0
+        glob = {k: v.numpy() for k, v in state.items()}
+        update = (np.zeros(sum(v.size for v in glob.values())) if evaluate_only
+                  else state_delta({k: v.numpy() for k, v in out.state.items()}, glob))
+        tail = summary_tail(runtime, out, list(round_cfg.get("summary-names", [])),
+                            bool(round_cfg.get("summary-eval", False)), evaluate_only)
+        reply = masked_update(context, wire.record_payload(msg.content), update, weight,
+                              cfg.secagg_max_weight, tail)
+        content = wire.payload_record(reply)
+        clear = {k: v for k, v in out.metrics.items() if k.startswith("dp-epsilon")}
+        content[wire.METRICS] = MetricRecord(clear)
+        return Message(content=content, reply_to=msg)
+
+    return _guard(msg, run)

@@ -6,16 +6,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-BUILTIN = Path(__file__).with_name("manifests")
-
-
 class ManifestMissing(FileNotFoundError):
     """The node has no manifest to send; one line with the fix."""
 
 
-def manifest_bytes(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> bytes:
+def manifest_bytes(node_config: Mapping[str, Any], run_config: Mapping[str, Any],
+                   demo_manifest: str | Path | None = None) -> bytes:
     """The node's own `manifest-path`; else (simulation) `<manifest-dir>/partition-<id>.toml`;
-    else, for a partition of a bundled dataset, that dataset's shipped manifest."""
+    else, for a virtual node of a task that ships one (bundled datasets), the task's manifest."""
     own = node_config.get("manifest-path")
     if own:
         path = Path(str(own))
@@ -29,8 +27,8 @@ def manifest_bytes(node_config: Mapping[str, Any], run_config: Mapping[str, Any]
         path = Path(sim_dir) / f"partition-{int(pid)}.toml"
         if path.is_file():
             return path.read_bytes()
-    if pid is not None and not node_config.get("data-path"):
-        path = BUILTIN / f"{run_config.get('dataset', 'digits')}.toml"
+    if pid is not None and not node_config.get("data-path") and demo_manifest:
+        path = Path(demo_manifest)
         if path.is_file():
             return path.read_bytes()
     raise ManifestMissing("this node has no data manifest; start it with --manifest FILE "

@@ -1,12 +1,12 @@
 """A node's side of secure aggregation: keep protocol state between messages, mask the update.
 
-In deployment every Flower message runs in a fresh process, so the protocol client lives in the
-node's `Context.state` between stages (bytes/ints only; see `privacy.secagg.wire`).
+In deployment a message may run in a fresh process, so the protocol client lives in the node's
+`Context.state` between stages (bytes/ints only; see `privacy.secagg.wire`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,15 +44,25 @@ def handle_stage(context: Context, stage: str, payload: Mapping[str, Any]) -> di
 def masked_update(
     context: Context,
     payload: Mapping[str, Any],
-    global_state: Mapping[str, np.ndarray],
-    new_state: Mapping[str, np.ndarray],
-    num_examples: float,
+    update: np.ndarray,
+    weight: float,
     max_weight: float,
+    tail: Sequence[float] = (),
 ) -> dict[str, Any]:
-    """Mask [weight * (new - global), weight]; only the masked vector leaves the node."""
-    update = flatten_state(new_state) - flatten_state(global_state)
-    vector = pack_weighted(update, num_examples, max_weight)
+    """Mask [weight * update, weight, tail...]; only the masked vector leaves the node.
+
+    `tail` holds summaries already scaled into [0, 1] (see `clients.task.wire.pack_summary`).
+    """
+    vector = pack_weighted(update, weight, max_weight)
+    if len(tail):
+        vector = np.concatenate([vector, np.asarray(tail, dtype=np.float64)])
     client = _load(context)
     reply = client.masked_input(decode(payload), vector)
     _save(context, client)
     return encode(reply)
+
+
+def state_delta(new: Mapping[str, Any], old: Mapping[str, Any]) -> np.ndarray:
+    """new - old as one float vector, in the global model's key order."""
+    return flatten_state({k: np.asarray(new[k]) for k in old}) - flatten_state(
+        {k: np.asarray(v) for k, v in old.items()})

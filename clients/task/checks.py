@@ -1,0 +1,64 @@
+"""Check a node's data against the task before round 1 (the node is excluded if it fails).
+
+Nothing about the data leaves the node: the server only learns "matches" or the one-line
+reason, e.g. a wrong feature count or a label outside the task's classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from clients.task.contract import NodeData, TaskError, TensorSchema
+
+
+def _pair(item: Any, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(item, tuple | list) and len(item) == 2):
+        raise TaskError(f"{where}: each item must be a (features, target) pair, got "
+                        f"{type(item).__name__}")
+    x, y = (torch.as_tensor(v) for v in item)
+    return x, y
+
+
+def check_node_data(data: NodeData, schema: TensorSchema | None, kind: str) -> int:
+    """Raise TaskError unless every example fits the schema; return the training-set size."""
+    for name, ds in (("training set", data.train), ("validation set", data.val)):
+        if ds is None:
+            continue
+        for i in range(len(ds)):
+            x, y = _pair(ds[i], f"{name} item {i}")
+            if not torch.is_floating_point(x):
+                raise TaskError(f"{name} item {i}: features are {x.dtype}, need floats; "
+                                "convert with .float()")
+            if not torch.isfinite(x).all():
+                raise TaskError(f"{name} item {i}: features contain NaN or infinite values; "
+                                "clean or impute them")
+            if schema is None:
+                continue
+            if tuple(x.shape) != tuple(schema.input_shape) and x.numel() != _numel(schema):
+                raise TaskError(f"{name} item {i}: features have shape {tuple(x.shape)}, the "
+                                f"task expects {tuple(schema.input_shape)}; export the same "
+                                "features as the other nodes")
+            if kind == "classification":
+                _check_label(y, schema, f"{name} item {i}")
+            elif tuple(y.shape) != tuple(schema.target_shape):
+                raise TaskError(f"{name} item {i}: target has shape {tuple(y.shape)}, the task "
+                                f"expects {tuple(schema.target_shape)}")
+    return len(data.train)
+
+
+def _numel(schema: TensorSchema) -> int:
+    n = 1
+    for d in schema.input_shape:
+        n *= int(d)
+    return n
+
+
+def _check_label(y: torch.Tensor, schema: TensorSchema, where: str) -> None:
+    if y.numel() != 1 or torch.is_floating_point(y) and float(y) != int(float(y)):
+        raise TaskError(f"{where}: a class label must be one whole number, got {y.tolist()}")
+    label = int(y)
+    if schema.num_classes is not None and not 0 <= label < schema.num_classes:
+        raise TaskError(f"{where}: label {label} is outside 0..{schema.num_classes - 1}; "
+                        "relabel to the task's classes")
