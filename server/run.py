@@ -1,12 +1,11 @@
 """One federated run's bookkeeping, free of Flower: rounds, node results, evaluation, checkpoints.
 
-The strategy (server/strategy.py) is glue that feeds this object; keeping the logic here makes it
-testable without starting Flower and keeps the round numbering right across resumes.
+The round logic (server/rounds/) feeds this object; keeping the records here makes them testable
+without starting Flower and keeps the round numbering right across resumes.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,12 +14,12 @@ from typing import Any
 
 import torch
 
-from clients.data import Split
-from clients.task import TaskConfig, load_server_testset, new_model
-from clients.training import evaluate
+from clients.task.contract import Task, TaskContext
+from clients.training.loop import Sums, evaluate
 from privacy.compliance.audit import AuditLog
-from server.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from server.store import RunStore
+from server.store.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from server.store.records import FEDERATED, OK, SERVER, TRAIN
+from server.store.store import RunStore
 
 
 @dataclass
@@ -29,20 +28,8 @@ class RoundState:
 
     started_at: float
     train: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> metrics (ok only)
-    evaluate: dict[str, dict[str, Any]] = field(default_factory=dict)
+    train_sums: Sums | None = None  # summed training loss (secure or clear)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. secure-aggregation facts
-
-
-def _weighted(results: Mapping[str, Mapping[str, Any]], key: str) -> float | None:
-    """Example-weighted mean; unweighted when nodes keep their counts private (secagg)."""
-    num = den = 0.0
-    for m in results.values():
-        v, n = m.get(key), m.get("num-examples", 1.0) or 0
-        if v is None or not math.isfinite(float(v)):
-            continue
-        num += float(v) * n
-        den += n
-    return num / den if den else None
 
 
 class FederatedRun:
@@ -53,25 +40,31 @@ class FederatedRun:
         store: RunStore,
         run_id: str,
         data_dir: Path,
-        task: TaskConfig,
+        task: Task,
+        ctx: TaskContext,
         round_offset: int = 0,
     ) -> None:
         self.store = store
         self.run_id = run_id
         self.task = task
+        self.ctx = ctx
         self.run_dir = data_dir / "runs" / run_id
         self.round_offset = round_offset  # rounds already completed before this process started
-        self._testset: Split | None = None
-        self._model = new_model(task)
+        self._testset: Any = None
+        self._testset_loaded = False
+        self._model = task.build_model(ctx)
         self._rounds: dict[int, RoundState] = {}
         # node id -> record count its manifest declares; bounds its `num-examples`.
         self.declared_records: dict[str, int] = {}
         self.audit: AuditLog | None = None  # every event also goes to the hash-chained log
+        self.last_federated: dict[str, float] = {}
 
     @property
-    def testset(self) -> Split:
-        if self._testset is None:
-            self._testset = load_server_testset(self.task)
+    def testset(self) -> Any:
+        """The task's server-side evaluation set, or None (a real federation often has none)."""
+        if not self._testset_loaded:
+            self._testset = self.task.evaluation_set(self.ctx)
+            self._testset_loaded = True
         return self._testset
 
     def global_round(self, local_round: int) -> int:
@@ -88,6 +81,7 @@ class FederatedRun:
     # --- per-round recording ------------------------------------------------------------------
     def begin_round(self, rnd: int) -> None:
         self._rounds[rnd] = RoundState(started_at=time.time())
+        self.store.heartbeat(self.run_id)
 
     def _state(self, rnd: int) -> RoundState:
         return self._rounds.setdefault(rnd, RoundState(started_at=time.time()))
@@ -96,9 +90,12 @@ class FederatedRun:
         self, rnd: int, node_id: int | str, phase: str, status: str, metrics: Mapping[str, Any]
     ) -> None:
         self.store.record_node_result(self.run_id, rnd, node_id, phase, status, metrics)
-        if status == "ok":
-            bucket = self._state(rnd).train if phase == "train" else self._state(rnd).evaluate
-            bucket[str(node_id)] = dict(metrics)
+        if status == OK and phase == "train":
+            self._state(rnd).train[str(node_id)] = dict(metrics)
+
+    def train_summary(self, rnd: int, sums: Sums | None) -> None:
+        """The round's summed training loss (from the secure sum or the clear replies)."""
+        self._state(rnd).train_sums = sums
 
     def round_extra(self, rnd: int, facts: Mapping[str, Any]) -> None:
         """Facts stored with the round (rounds.extra), e.g. who was masked in or dropped."""
@@ -118,31 +115,51 @@ class FederatedRun:
                                      "node": None if node_id is None else str(node_id),
                                      "data": dict(data or {})})
 
-    def evaluate_state(self, state: Mapping[str, torch.Tensor]) -> tuple[float, float]:
+    def evaluate_state(self, state: Mapping[str, torch.Tensor]) -> dict[str, float] | None:
+        """Loss and metrics of a model on the server's evaluation set (None without one)."""
+        if self.testset is None:
+            return None
         self._model.load_state_dict(dict(state), strict=True)
-        return evaluate(self._model, self.testset)
+        sums = evaluate(self._model, self.testset, self.task.criterion(), self.task.metric_fn())
+        return sums.means(self.task.metric_scale)
+
+    def federated(self, rnd: int, sums: Sums) -> None:
+        """Federated evaluation of the model *after* round `rnd` (it arrives in round rnd+1's
+        replies, or in the final evaluation), stored with round `rnd`."""
+        means = sums.means(self.task.metric_scale)
+        means["examples"] = sums.examples
+        self.last_federated = means
+        if rnd < 1:
+            return
+        self.store.record_round_metrics(self.run_id, rnd, FEDERATED, means)
+        self.store.set_round_federated(self.run_id, rnd, means.get("loss"), means.get("accuracy"))
 
     def end_round(self, rnd: int, state: Mapping[str, torch.Tensor]) -> dict[str, float | None]:
-        """Evaluate on the held-out split, checkpoint atomically, then commit the round."""
+        """Evaluate on the server's set (if any), checkpoint atomically, then commit the round."""
         st = self._state(rnd)
-        server_loss, server_acc = self.evaluate_state(state)
+        server = self.evaluate_state(state) or {}
+        train = st.train_sums.means() if st.train_sums and st.train_sums.examples else {}
         metrics: dict[str, float | None] = {
-            "train_loss": _weighted(st.train, "loss"),
-            "train_accuracy": _weighted(st.train, "accuracy"),
-            "fed_loss": _weighted(st.evaluate, "loss"),
-            "fed_accuracy": _weighted(st.evaluate, "accuracy"),
-            "server_loss": server_loss,
-            "server_accuracy": server_acc,
+            "train_loss": train.get("loss"),
+            "train_accuracy": None,
+            "fed_loss": None,
+            "fed_accuracy": None,
+            "server_loss": server.get("loss"),
+            "server_accuracy": server.get("accuracy"),
         }
         path = checkpoint_path(self.run_dir, rnd)
         sha = save_checkpoint(path, {k: v.detach().cpu() for k, v in state.items()}, rnd)
         self.store.record_round(
             self.run_id, rnd, st.started_at, len(st.train), metrics, str(path), sha, st.extra
         )
+        if server:
+            self.store.record_round_metrics(self.run_id, rnd, SERVER, server)
+        if train:
+            self.store.record_round_metrics(self.run_id, rnd, TRAIN, {"loss": train["loss"]})
         self._rounds.pop(rnd, None)
         if self.audit is not None:
             self.audit.append("round-completed", {
                 "run": self.run_id, "round": rnd, "checkpoint_sha256": sha,
-                "nodes": sorted(st.train), "server_accuracy": server_acc,
+                "nodes": sorted(st.train), "server": server,
             })
-        return metrics
+        return {**metrics, **{f"server_{k}": v for k, v in server.items()}}

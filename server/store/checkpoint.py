@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from privacy.files import sha256_file
+from privacy.files import atomic_writer, sha256_file
 
 
 def checkpoint_path(run_dir: Path, round_: int) -> Path:
@@ -17,23 +14,9 @@ def checkpoint_path(run_dir: Path, round_: int) -> Path:
 
 
 def save_checkpoint(path: Path, state: dict[str, torch.Tensor], round_: int) -> str:
-    """Write `{round, state}` via temp file + fsync + rename; return the file's SHA-256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"round": round_, "state_dict": state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write `{round, state}` atomically; return the file's SHA-256."""
+    with atomic_writer(path) as fh:
+        torch.save({"round": round_, "state_dict": state}, fh)
     return sha256_file(path)
 
 
@@ -51,7 +34,3 @@ def load_checkpoint(path: Path, expected_sha256: str | None = None) -> dict[str,
         )
     blob = torch.load(path, map_location="cpu", weights_only=True)
     return blob["state_dict"]
-
-
-def state_to_numpy(state: dict[str, torch.Tensor]) -> list[np.ndarray]:
-    return [t.detach().cpu().numpy() for t in state.values()]

@@ -16,7 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from server.store.records import RUNNING, RoundMetric, VerdictRecord
+
+SCHEMA_VERSION = 2
+# Columns added after version 1: (table, column, declaration); added on open, never dropped.
+_ADDED_COLUMNS = (
+    ("runs", "headline", "TEXT NOT NULL DEFAULT ''"),
+    ("runs", "heartbeat_at", "REAL"),
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -24,12 +31,14 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id        TEXT PRIMARY KEY,
     flower_run_id TEXT,
     config        TEXT NOT NULL,              -- JSON of the full run config
-    status        TEXT NOT NULL,              -- running | completed | failed | stopped
+    status        TEXT NOT NULL,              -- running | completed | failed | stopped | blocked
     started_at    REAL NOT NULL,
     ended_at      REAL,
     num_rounds    INTEGER NOT NULL,
     last_round    INTEGER NOT NULL DEFAULT 0, -- last round whose checkpoint is written
-    error         TEXT
+    error         TEXT,
+    headline      TEXT NOT NULL DEFAULT '',   -- the task's headline metric, e.g. accuracy
+    heartbeat_at  REAL                        -- last sign of life of the ServerApp
 );
 CREATE TABLE IF NOT EXISTS rounds (
     run_id            TEXT NOT NULL REFERENCES runs(run_id),
@@ -92,6 +101,14 @@ CREATE TABLE IF NOT EXISTS verdicts (
     detail    TEXT NOT NULL DEFAULT '{}',     -- JSON: title, message, evidence
     PRIMARY KEY (run_id, rule_id, pack, node_id)
 );
+CREATE TABLE IF NOT EXISTS round_metrics (
+    run_id    TEXT NOT NULL,
+    round     INTEGER NOT NULL,
+    source    TEXT NOT NULL,                  -- server | federated | train
+    name      TEXT NOT NULL,                  -- loss, accuracy, or any metric the task names
+    value     REAL,
+    PRIMARY KEY (run_id, round, source, name)
+);
 CREATE TABLE IF NOT EXISTS artifacts (
     run_id    TEXT NOT NULL,
     kind      TEXT NOT NULL,                  -- report-md | report-json | provenance | audit-log
@@ -133,6 +150,7 @@ class RunStore:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.executescript(_SCHEMA)
+                self._migrate()
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
@@ -144,6 +162,15 @@ class RunStore:
                 f"run store {self.path} is not a fedguard database ({err}); "
                 "point data-dir at another directory"
             ) from None
+
+    def _migrate(self) -> None:
+        """Add the columns later versions introduced to a store an earlier version created."""
+        for table, column, decl in _ADDED_COLUMNS:
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                         (str(SCHEMA_VERSION),))
 
     @classmethod
     def in_dir(cls, data_dir: str | Path, readonly: bool = False) -> RunStore:
@@ -164,14 +191,22 @@ class RunStore:
 
     # --- writes -----------------------------------------------------------------------------
     def start_run(
-        self, run_id: str, config: Mapping[str, Any], num_rounds: int, flower_run_id: str = ""
+        self, run_id: str, config: Mapping[str, Any], num_rounds: int, flower_run_id: str = "",
+        headline: str = "",
     ) -> None:
+        now = time.time()
         with self._tx() as db:
             db.execute(
-                "INSERT INTO runs (run_id, flower_run_id, config, status, started_at, num_rounds)"
-                " VALUES (?, ?, ?, 'running', ?, ?)",
-                (run_id, flower_run_id, _json(dict(config)), time.time(), num_rounds),
+                "INSERT INTO runs (run_id, flower_run_id, config, status, started_at, num_rounds,"
+                " headline, heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, flower_run_id, _json(dict(config)), RUNNING, now, num_rounds, headline,
+                 now),
             )
+
+    def heartbeat(self, run_id: str) -> None:
+        """The ServerApp is alive: readers treat a running run without one for long as lost."""
+        with self._tx() as db:
+            db.execute("UPDATE runs SET heartbeat_at=? WHERE run_id=?", (time.time(), run_id))
 
     def resume_run(self, run_id: str, flower_run_id: str) -> int:
         """Mark a run running again, drop rows of unfinished rounds, return the last round."""
@@ -181,19 +216,23 @@ class RunStore:
         last = int(run["last_round"])
         with self._tx() as db:
             db.execute("DELETE FROM node_results WHERE run_id=? AND round>?", (run_id, last))
+            db.execute("DELETE FROM round_metrics WHERE run_id=? AND round>?", (run_id, last))
             db.execute(
-                "UPDATE runs SET status='running', ended_at=NULL, error=NULL, flower_run_id=? "
-                "WHERE run_id=?",
-                (flower_run_id, run_id),
+                "UPDATE runs SET status='running', ended_at=NULL, error=NULL, flower_run_id=?, "
+                "heartbeat_at=? WHERE run_id=?",
+                (flower_run_id, time.time(), run_id),
             )
         return last
 
-    def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
+    def finish_run(self, run_id: str, status: str, error: str | None = None,
+                   only_if_running: bool = False) -> bool:
+        """Set the final status; with `only_if_running`, leave an already ended run alone."""
+        sql = "UPDATE runs SET status=?, ended_at=?, error=? WHERE run_id=?"
+        if only_if_running:
+            sql += f" AND status='{RUNNING}'"
         with self._tx() as db:
-            db.execute(
-                "UPDATE runs SET status=?, ended_at=?, error=? WHERE run_id=?",
-                (status, time.time(), error, run_id),
-            )
+            cur = db.execute(sql, (status, time.time(), error, run_id))
+        return cur.rowcount > 0
 
     def record_node_result(
         self,
@@ -299,25 +338,31 @@ class RunStore:
                 (run_id, str(node_id), sha256, _json(dict(manifest))),
             )
 
-    def record_verdicts(self, run_id: str, rows: list[Mapping[str, Any]]) -> None:
-        """Store policy verdicts: dicts with rule_id, pack, node_id, verdict, severity, ..."""
+    def record_verdicts(self, run_id: str, records: list[VerdictRecord]) -> None:
+        """Store policy verdicts (one row per rule, pack and node)."""
         with self._tx() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        run_id,
-                        r["rule_id"],
-                        r.get("pack", ""),
-                        str(r.get("node_id") or ""),
-                        r["verdict"],
-                        r.get("severity", ""),
-                        r.get("citation", ""),
-                        _json(r.get("detail", {})),
-                    )
-                    for r in rows
-                ],
+                [(run_id, v.rule_id, v.pack, v.node_id, v.verdict, v.severity, v.citation,
+                  _json(v.detail())) for v in records],
             )
+
+    def record_round_metrics(self, run_id: str, round_: int, source: str,
+                             values: Mapping[str, float | None]) -> None:
+        """Named metrics of one round and source (see records.RoundMetric)."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO round_metrics VALUES (?, ?, ?, ?, ?)",
+                [(run_id, round_, source, str(k), None if v is None else float(v))
+                 for k, v in values.items()],
+            )
+
+    def set_round_federated(self, run_id: str, round_: int, loss: float | None,
+                            accuracy: float | None) -> None:
+        """Federated evaluation of a round's model arrives with the next round's replies."""
+        with self._tx() as db:
+            db.execute("UPDATE rounds SET fed_loss=?, fed_accuracy=? WHERE run_id=? AND round=?",
+                       (loss, accuracy, run_id, round_))
 
     def set_artifact(self, run_id: str, kind: str, path: str | Path, sha256: str = "") -> None:
         with self._tx() as db:
@@ -333,13 +378,18 @@ class RunStore:
             r["manifest"] = json.loads(r["manifest"])
         return rows
 
-    def verdicts(self, run_id: str) -> list[dict[str, Any]]:
+    def verdicts(self, run_id: str) -> list[VerdictRecord]:
         rows = self._rows(
             "SELECT * FROM verdicts WHERE run_id=? ORDER BY node_id, pack, rule_id", (run_id,)
         )
-        for r in rows:
-            r["detail"] = json.loads(r["detail"])
-        return rows
+        return [VerdictRecord.from_row(r) for r in rows]
+
+    def round_metrics(self, run_id: str) -> list[RoundMetric]:
+        rows = self._rows("SELECT * FROM round_metrics WHERE run_id=? ORDER BY round, source, "
+                          "name", (run_id,))
+        return [RoundMetric(int(r["round"]), str(r["source"]), str(r["name"]),
+                            float("nan") if r["value"] is None else float(r["value"]))
+                for r in rows]
 
     def artifacts(self, run_id: str) -> dict[str, dict[str, Any]]:
         rows = self._rows("SELECT * FROM artifacts WHERE run_id=?", (run_id,))

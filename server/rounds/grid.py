@@ -8,7 +8,7 @@ Grid's public `push_messages` / `pull_messages`; everything else is delegated un
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from flwr.app import Message
@@ -20,15 +20,9 @@ SUPERLINK_NODE_ID = 1  # flwr.common.constant.SUPERLINK_NODE_ID
 class FastPollGrid(Grid):
     """Delegates to `inner`, with a short poll interval in `send_and_receive`."""
 
-    def __init__(
-        self,
-        inner: Grid,
-        poll_interval: float = 0.1,
-        node_filter: Callable[[list[int]], set[int]] | None = None,
-    ) -> None:
+    def __init__(self, inner: Grid, poll_interval: float = 0.1) -> None:
         self.inner = inner
         self.poll_interval = poll_interval
-        self.node_filter = node_filter  # e.g. the policy gate: only admitted nodes are sampled
 
     def set_run(self, run: Any) -> None:
         self.inner.set_run(run)
@@ -41,11 +35,7 @@ class FastPollGrid(Grid):
         return self.inner.create_message(*args, **kwargs)
 
     def get_node_ids(self) -> Iterable[int]:
-        ids = list(self.inner.get_node_ids())
-        if self.node_filter is None:
-            return ids
-        allowed = self.node_filter(ids)
-        return [n for n in ids if n in allowed]
+        return list(self.inner.get_node_ids())
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self.inner.push_messages(messages)

@@ -1,0 +1,297 @@
+"""Who may train, and the signed record of what was trained.
+
+Before round 1 every node answers an admission query: its data manifest (never data) and
+whether its data fits the task. The policy packs check the run and each manifest. A run-level
+`fail` blocks the run before any training; a node that fails is excluded with one line naming
+the rule, what it checks and the fix. Nodes that connect later are checked the same way before
+they may train. At the end the final model gets an Ed25519-signed provenance record.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from logging import INFO
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from privacy.compliance.audit import AuditLog
+from privacy.compliance.manifest import ManifestError, loads_manifest, manifest_sha256
+from privacy.compliance.policy import run_policy_gate
+from privacy.compliance.policy.errors import PolicyError
+from privacy.compliance.policy.report import PolicyReport
+from privacy.compliance.provenance import ProvenanceError, build_record, sign_record, write_record
+from privacy.compliance.signing import load_or_create_key
+from privacy.files import atomic_write
+from server.run import FederatedRun
+
+GATE_OFF = "none"
+
+
+class GateFailed(Exception):
+    """The run may not start: a run-level policy failure or too few admissible nodes."""
+
+
+def _first_sentence(text: str) -> str:
+    return text.split(". ")[0].rstrip(".")
+
+
+def exclusion_line(report: PolicyReport | None, node: str, rules: list[str]) -> str:
+    """One line per excluded node: id, rule, what it checks, the fix."""
+    parts = []
+    for rule in rules:
+        v = report.find(rule, node) if report else None
+        if v is None:
+            parts.append(rule)
+            continue
+        parts.append(f"{rule} ({v.title.get('en', '')}): {_first_sentence(v.explain.get('en', ''))}")
+    return f"node {node}: " + "; ".join(parts)
+
+
+def run_block_lines(report: PolicyReport) -> list[str]:
+    """The failing run-level rules, each with what it checks and the fix."""
+    lines = []
+    for rule in report.failing_run_rules:
+        v = report.find(rule)
+        detail = f" ({v.title.get('en', '')}): {_first_sentence(v.explain.get('en', ''))}" if v else ""
+        lines.append(f"run: {rule}{detail}")
+    return lines
+
+
+def request_admission(grid: Grid, node_ids: Iterable[int], timeout: float) -> dict[str, Any]:
+    """Ask nodes for their manifest and data check; silent or failing nodes are absent."""
+    messages = [
+        Message(content=RecordDict({wire.CONFIG: ConfigRecord({})}), dst_node_id=nid,
+                message_type=wire.ADMISSION_QUERY)
+        for nid in node_ids
+    ]
+    out: dict[str, Any] = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = str(reply.metadata.src_node_id)
+        if reply.has_error():
+            out[node] = {"error": (reply.error.reason or "").strip().splitlines()[-1:] or [""]}
+            continue
+        rec = reply.content.config_records.get(wire.ADMISSION)
+        out[node] = dict(rec) if rec is not None else {}
+    return out
+
+
+class AdmissionGate:
+    """Decides which nodes may train: their data fits the task and their manifest passes the
+    policy packs. Runs before round 1 (fail fast) and for every node that connects later."""
+
+    def __init__(self, run: FederatedRun, policy: Mapping[str, Any], data_dir: Path,
+                 audit: AuditLog, timeout: float, min_nodes: int, mode: str) -> None:
+        self.min_nodes = min_nodes
+        self.run = run
+        self.config = dict(policy)
+        self.data_dir = data_dir
+        self.audit = audit
+        self.timeout = timeout
+        self.mode = mode
+        self.enabled = str(self.config.get("policy-packs", "")).strip().lower() != GATE_OFF
+        self.allowed: set[int] = set()
+        self.checked: set[int] = set()
+        self.excluded: dict[str, str] = {}  # node -> one line: rule, check, fix
+        self.manifest_sha: dict[str, str] = {}
+        self.metric_names: list[str] | None = None
+        self.report: PolicyReport | None = None
+
+    def check_run(self) -> None:
+        """Run-level rules, before waiting for any node: a failure means no training at all."""
+        if not self.enabled:
+            self.run.event("policy-gate-off", "policy-packs='none': no policy checks for this run")
+            return
+        self._evaluate({})
+
+    def open(self, grid: Grid, wait: float) -> None:
+        """Before round 1: admit connected nodes until min-nodes are eligible. Blocks the run at
+        once when every connected node has been checked and too few pass, and after `wait`
+        seconds otherwise - never a silent wait."""
+        deadline = time.monotonic() + wait
+        next_log = 0.0
+        while True:
+            connected = sorted(grid.get_node_ids())
+            eligible = self.admit(grid, connected)
+            if len(eligible) >= self.min_nodes:
+                return
+            all_present = self.mode == "simulation" or len(connected) >= self.min_nodes
+            now = time.monotonic()
+            if (all_present and self.excluded) or now >= deadline:
+                raise GateFailed(self._shortfall(len(eligible), len(connected), now >= deadline,
+                                                 wait))
+            if now >= next_log:
+                log(INFO, "fedguard: waiting for nodes: %d eligible of %d connected, "
+                    "min-nodes=%d", len(eligible), len(connected), self.min_nodes)
+                next_log = now + 10.0
+            time.sleep(0.5)
+
+    def _shortfall(self, eligible: int, connected: int, timed_out: bool, wait: float) -> str:
+        head = (f"only {eligible} of {connected} connected node(s) are eligible; "
+                f"min-nodes={self.min_nodes}")
+        if timed_out and not self.excluded:
+            head += f" (waited {wait:.0f} s for nodes to connect; raise node-wait-timeout)"
+        lines = [self.excluded[n] for n in sorted(self.excluded)]
+        return "; ".join([head, *lines])
+
+    def admit(self, grid: Grid, node_ids: Iterable[int]) -> set[int]:
+        """Check nodes not seen before; return the ones allowed to train."""
+        ids = set(node_ids)
+        new = sorted(ids - self.checked)
+        if new:
+            self._check(grid, new)
+        return self.allowed & ids
+
+    def _exclude(self, nid: int, line: str, rules: list[str]) -> None:
+        self.excluded[str(nid)] = line
+        self.run.node_result(0, nid, "admission", "excluded", {"reason": line, "rules": rules})
+        self.run.event("node-excluded", line, 0, nid, {"rules": rules})
+
+    def _check(self, grid: Grid, node_ids: list[int]) -> None:
+        self.checked.update(node_ids)
+        answers = request_admission(grid, node_ids, self.timeout)
+        manifests: dict[str, Manifest | None] = {}
+        data_ok: list[int] = []
+        for nid in node_ids:
+            key = str(nid)
+            answer = answers.get(key)
+            if answer is None or "error" in answer:
+                why = "did not answer the admission query" if answer is None else (
+                    f"failed the admission query: {answer['error'][0]}")
+                self._exclude(nid, f"node {nid}: {why}", ["admission"])
+                continue
+            if answer.get("data-error"):
+                self._exclude(nid, f"node {nid}: data does not fit the run's task: "
+                              f"{answer['data-error']}", ["task-data"])
+                continue
+            names = sorted(str(n) for n in answer.get("metric-names", []))
+            if self.metric_names is None:
+                self.metric_names = names
+            elif names != self.metric_names:
+                self._exclude(nid, f"node {nid}: its task reports metrics {names}, the run's "
+                              f"nodes {self.metric_names}; run the same task version",
+                              ["task-data"])
+                continue
+            data_ok.append(nid)
+            if not self.enabled:
+                continue
+            manifests[key] = self._manifest(nid, answer)
+        if not self.enabled:
+            self.allowed.update(data_ok)
+            return
+        if manifests:
+            report = self._evaluate(manifests)
+            failing = report.failing_nodes
+        else:
+            report, failing = self.report, {}
+        for nid in data_ok:
+            rules = failing.get(str(nid), [])
+            if rules:
+                self._exclude(nid, exclusion_line(report, str(nid), rules), rules)
+            else:
+                self.allowed.add(nid)
+
+    def _manifest(self, nid: int, answer: Mapping[str, Any]) -> Manifest | None:
+        data = answer.get("manifest")
+        if not isinstance(data, bytes):
+            why = answer.get("manifest-error") or "sent no data manifest"
+            self.run.event("manifest-missing", f"node {nid}: {why}", 0, nid)
+            return None
+        sha = manifest_sha256(data)
+        try:
+            manifest = loads_manifest(data, source=f"node {nid} manifest")
+        except ManifestError as err:
+            self.run.event("manifest-invalid", str(err), 0, nid, {"sha256": sha})
+            return None
+        self.manifest_sha[str(nid)] = sha
+        self.run.store.record_manifest(self.run.run_id, nid, sha, manifest.to_dict())
+        self.run.event("manifest-received", f"node {nid} manifest {sha[:12]}", 0, nid,
+                       {"sha256": sha})
+        if manifest.records:
+            self.run.declared_records[str(nid)] = int(manifest.records)
+        return manifest
+
+    def _evaluate(self, manifests: Mapping[str, Manifest | None]) -> PolicyReport:
+        try:
+            report = run_policy_gate(self.config, manifests, self.data_dir, self.audit,
+                                     self.run.run_id)
+        except PolicyError as err:
+            raise GateFailed(f"policy packs could not be evaluated: {err}") from None
+        self.report = report
+        self._store(report)
+        if report.failing_run_rules:
+            raise GateFailed("; ".join(run_block_lines(report)))
+        return report
+
+    def _store(self, report: PolicyReport) -> None:
+        self.run.store.record_verdicts(self.run.run_id, [
+            VerdictRecord(rule_id=v.rule_id, pack=v.pack, node_id=v.node or "",
+                          verdict=v.status, severity=v.severity, citation=v.citation,
+                          pid=v.pid, title=dict(v.title), explain=dict(v.explain),
+                          evidence=v.evidence, note=v.note,
+                          checked=str(getattr(v, "checked", "") or ""))
+            for v in report.verdicts
+        ])
+        lang = str(self.config.get("report-lang", "en"))
+        lang = lang if lang in ("en", "zh") else "en"
+        for kind, name, text in (
+            ("report-md", "compliance-report.md", report.to_markdown(lang)),
+            ("report-json", "compliance-report.json", report.to_json(lang)),
+        ):
+            path = self.run.run_dir / name
+            sha = atomic_write(path, text.encode("utf-8"))
+            self.run.store.set_artifact(self.run.run_id, kind, path, sha)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("fedguard", "flwr", "torch", "opacus", "cryptography"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "unknown"
+    return out
+
+
+def write_provenance(run: FederatedRun, gate: AdmissionGate, secagg: Mapping[str, Any],
+                     data_dir: Path) -> Path | None:
+    """Sign the final model's provenance record; None when no round completed."""
+    rounds = run.store.rounds(run.run_id)
+    if not rounds:
+        return None
+    chain = [(r["round"], r["checkpoint_sha256"]) for r in rounds]
+    privacy: dict[str, dict[str, Any]] = {}
+    for row in run.store.node_results(run.run_id, "train"):
+        if row["epsilon"] is None:
+            continue
+        metrics = json.loads(row["metrics"])
+        cur = privacy.get(row["node_id"], {"epsilon": 0.0})
+        if row["epsilon"] >= cur["epsilon"]:
+            privacy[row["node_id"]] = {
+                "epsilon": row["epsilon"], "delta": metrics.get("dp-delta"),
+                "accountant": gate.config.get("dp-accountant", "rdp"),
+            }
+    verdicts = {}
+    if gate.report is not None:
+        verdicts = {"summary": gate.report.summary(), "counts": gate.report.counts,
+                    "report_sha256": gate.report.sha256()}
+    head_file = gate.audit.head_path
+    head = json.loads(head_file.read_text(encoding="utf-8")) if head_file.is_file() else None
+    try:
+        record = build_record(chain[-1][1], chain, gate.manifest_sha, privacy, secagg, verdicts,
+                              _versions(), audit_head=head)
+        signed = sign_record(record, load_or_create_key(data_dir))
+    except ProvenanceError as err:
+        run.event("provenance-failed", str(err))
+        return None
+    path = run.run_dir / "provenance.json"
+    write_record(path, signed)
+    run.store.set_artifact(run.run_id, "provenance", path)
+    run.event("provenance-signed", f"final model {chain[-1][1][:12]} signed",
+              data={"path": str(path)})
+    return path
