@@ -27,7 +27,12 @@ from privacy.compliance.policy import (
     parse_param_overrides,
 )
 from privacy.compliance.provenance import ProvenanceError, load_record, verify_record
-from privacy.compliance.signing import SigningError
+from privacy.compliance.signing import (
+    PUBLIC_KEY_FILENAME,
+    SigningError,
+    parse_public_key,
+    read_public_key,
+)
 from privacy.files import atomic_write
 
 PROG = "fedguard-policy"
@@ -66,15 +71,29 @@ def _build_parser() -> argparse.ArgumentParser:
     _pack_args(lister)
     lister.add_argument("--lang", choices=("en", "zh"), default="en")
 
-    audit = sub.add_parser("verify-audit", help="verify a hash-chained audit log")
+    audit = sub.add_parser("verify-audit", help="verify a hash-chained audit log and its "
+                           "signed head")
     audit.add_argument("log", type=Path)
-    audit.add_argument("--public-key", help="base64 Ed25519 key the head must be signed with")
+    pin = audit.add_mutually_exclusive_group()
+    _key_arg(pin, "head")
+    pin.add_argument("--unsigned", action="store_true",
+                     help="the log was written without a key (check --audit-log): check only "
+                     "that it is intact, which does not show who wrote it")
 
     prov = sub.add_parser("verify-provenance", help="verify a signed provenance record")
     prov.add_argument("record", type=Path)
     prov.add_argument("--model", type=Path, help="model file whose SHA-256 must match")
-    prov.add_argument("--public-key", help="base64 Ed25519 key the record must be signed with")
+    _key_arg(prov, "record")
+    prov.add_argument("--audit-log", type=Path,
+                      help="audit log that must verify and contain the head the record binds")
     return parser
+
+
+def _key_arg(p: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup, what: str) -> None:
+    p.add_argument("--public-key", metavar="B64|FILE",
+                   help=f"the server's Ed25519 public key the {what} must be signed with: "
+                   f"base64 or a .pub file (default: the {PUBLIC_KEY_FILENAME} of the data "
+                   "directory holding runs/<id>/)")
 
 
 def _pack_args(p: argparse.ArgumentParser) -> None:
@@ -139,10 +158,37 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trusted_key(option: str | None, evidence: Path) -> str:
+    """The pinned key: --public-key (base64 or file), else the data dir's published key."""
+    if option is not None:
+        try:
+            is_file = Path(option).is_file()
+        except (OSError, ValueError):
+            is_file = False
+        if is_file:
+            return read_public_key(option)
+        if option.endswith(".pub"):
+            raise UsageError(f"--public-key file {option} not found; check the path")
+        return parse_public_key(option)
+    run_dir = evidence.resolve().parent
+    published = run_dir.parent.parent / PUBLIC_KEY_FILENAME
+    if run_dir.parent.name == "runs" and published.is_file():
+        return read_public_key(published)
+    raise UsageError(
+        f"no trusted key for {evidence}: pass --public-key (the server's {PUBLIC_KEY_FILENAME} "
+        "or its base64); none is published in the data directory around it"
+    )
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
-    result = AuditLog(args.log).verify(trusted_public_key=args.public_key)
+    if not args.log.is_file():
+        raise UsageError(f"audit log {args.log} not found; check the path")
+    key = None if args.unsigned else _trusted_key(args.public_key, args.log)
+    result = AuditLog(args.log).verify(key)
     if result.ok:
-        print(f"audit log {args.log}: OK, {result.count} entries, chain and head intact")
+        signer = (f", head signed by trusted key {result.key_id}" if key else
+                  " (unsigned: the files agree, which does not show who wrote them)")
+        print(f"audit log {args.log}: OK, {result.count} entries, chain and head intact{signer}")
         return 0
     where = f" at line {result.first_bad}" if result.first_bad else ""
     print(f"audit log {args.log}: FAILED{where}: {result.reason}")
@@ -150,12 +196,16 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_provenance(args: argparse.Namespace) -> int:
-    if args.model is not None and not args.model.is_file():
-        raise UsageError(f"model file {args.model} not found; pass the model the record names")
-    check = verify_record(load_record(args.record), args.model, args.public_key)
+    for what, path in (("model file", args.model), ("audit log", args.audit_log)):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{what} {path} not found; pass the {what} the record names")
+    signed = load_record(args.record)
+    key = _trusted_key(args.public_key, args.record)
+    check = verify_record(signed, key, model_path=args.model, audit_log=args.audit_log)
     if check.ok:
-        extra = " and model file matches" if args.model else ""
-        print(f"provenance record {args.record}: OK, signed by key {check.key_id}{extra}")
+        extra = (" and model file matches" if args.model else "") + (
+            ", audit log intact and holds the recorded head" if args.audit_log else "")
+        print(f"provenance record {args.record}: OK, signed by trusted key {check.key_id}{extra}")
         return 0
     print(f"provenance record {args.record}: FAILED: {'; '.join(check.reasons)}")
     return 1
