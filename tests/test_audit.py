@@ -191,7 +191,7 @@ def test_entries_appended_after_the_signed_head_fail(signed: tuple[AuditLog, str
     forge_entry(log)
     result = log.verify(trusted)
     assert not result.ok and result.first_bad == 4
-    assert "entry 4 after the head (entry 3) are not covered by its signature" in result.reason
+    assert "not covered by the head's signature: entry 4 after entry 3" in result.reason
 
 
 def test_log_ahead_of_an_unsigned_head_fails_too(tmp_path: Path) -> None:
@@ -212,7 +212,7 @@ def test_head_at_seq_zero_does_not_cover_the_log(
     log.head_path.write_text(json.dumps({"seq": 0, "hash": GENESIS}))
     result = log.verify(trusted if pinned else None)
     assert not result.ok
-    expected = "not signed by the trusted key" if pinned else "entries 1-3 after the head"
+    expected = "not signed by the trusted key" if pinned else "entries 1-3 after entry 0"
     assert expected in result.reason
 
 
@@ -334,8 +334,12 @@ def test_writer_refuses_to_sign_over_forged_entries(signed: tuple[AuditLog, str]
 
 def test_writer_refuses_a_head_it_did_not_sign(tmp_path: Path) -> None:
     log = filled(tmp_path, 2, key_dir=tmp_path / "data")
-    with pytest.raises(AuditError, match="only|signed"):
+    with open(log.path, "ab") as fh:
+        fh.write(b'{"seq": 3, "ts"')  # a partial line: the refused writer must not touch it
+    before = log.path.read_bytes()
+    with pytest.raises(AuditError, match="only the server holding that key may append"):
         AuditLog(log.path).append("unsigned", {})
+    assert log.path.read_bytes() == before
     other = AuditLog(log.path, key=load_or_create_key(tmp_path / "other"))
     with pytest.raises(AuditError, match="not the trusted key"):
         other.append("other key", {})

@@ -220,7 +220,9 @@ class AuditLog:
         with open(self.path, "a+b") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
-                start, start_hash = self._reconcile(fh, *self._tail(fh))
+                start, start_hash, keep = self._reconcile(fh, *self._tail(fh))
+                if keep != fh.seek(0, os.SEEK_END):
+                    self._truncate(fh, keep)  # a partial line, or an append that crashed
                 seq, prev = start, start_hash
                 written: list[dict[str, Any]] = []
                 lines: list[bytes] = []
@@ -250,21 +252,20 @@ class AuditLog:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
         return written
 
-    def _tail(self, fh: Any) -> tuple[int, str]:
-        """(seq, hash) of the last entry, dropping a partial line left by a crash."""
+    def _tail(self, fh: Any) -> tuple[int, str, int]:
+        """(seq, hash) of the last complete entry and the size up to it (past a partial line
+        that a crash left, which was never acknowledged)."""
         size = fh.seek(0, os.SEEK_END)
         if size == 0:
-            return 0, GENESIS
+            return 0, GENESIS, 0
         fh.seek(size - 1)
         if fh.read(1) != b"\n":
             fh.seek(0)
-            cut = fh.read().rfind(b"\n") + 1
-            self._truncate(fh, cut)
-            size = cut
+            size = fh.read().rfind(b"\n") + 1
             if size == 0:
-                return 0, GENESIS
+                return 0, GENESIS, 0
         try:
-            return _seq_hash(json.loads(_last_line(fh, size)), "last entry")
+            return (*_seq_hash(json.loads(_last_line(fh, size)), "last entry"), size)
         except (ValueError, RecursionError):
             raise AuditError(
                 f"audit log {self.path} has a corrupt last entry; run "
@@ -277,11 +278,12 @@ class AuditLog:
         fh.flush()
         os.fsync(fh.fileno())
 
-    def _reconcile(self, fh: Any, seq: int, digest: str) -> tuple[int, str]:
+    def _reconcile(self, fh: Any, seq: int, digest: str, size: int) -> tuple[int, str, int]:
         """Check that the log ends at its head before we sign more; undo an interrupted append.
 
-        Returns the (seq, hash) to continue from. Anything the head does not account for is
-        refused rather than signed over: it was written by someone without the key.
+        Returns the (seq, hash) to continue from and the bytes of the log to keep. Anything
+        the head does not account for is refused rather than signed over: it was written by
+        someone without the key.
         """
         restore = (f"run `fedguard-policy verify-audit {self.path}` and restore the log and its "
                    "head from backup")
@@ -291,19 +293,22 @@ class AuditLog:
             raise AuditError(f"audit log {self.path}: {exc}; {restore}") from None
         if head is None:
             if seq == 0:
-                return seq, digest
+                return seq, digest, size
             raise AuditError(f"audit log {self.path} has entries but no head file; {restore}")
+        if self._key is None and head.signature is not None:
+            raise AuditError(f"audit log {self.path} is signed by key "
+                             f"{key_id(head.public_key or '')}; only the server holding that key "
+                             "may append to it")
         mine = public_key_b64(self._key) if self._key is not None else None
         problem = head.signature_problem(mine)
         if problem:
             raise AuditError(f"audit log {self.path}: {problem}; refusing to append; {restore}")
         if (seq, digest) == (head.seq, head.hash) or (seq, digest) == head.pending:
-            return seq, digest
+            return seq, digest, size
         if head.pending is not None and head.seq < seq < head.pending[0]:
             cut = self._end_of(fh, head)
             if cut is not None:  # the unacknowledged part of an append that crashed
-                self._truncate(fh, cut)
-                return head.seq, head.hash
+                return head.seq, head.hash, cut
         raise AuditError(
             f"audit log {self.path} does not end at its head (entry {seq} vs head {head.seq}): "
             f"entries were appended, removed or edited; {restore}"
@@ -455,6 +460,6 @@ class AuditLog:
         if hashes[head.seq] != head.hash:
             return fail(f"head hash does not match entry {head.seq} (log or head edited)",
                         head.seq or 1)
-        return fail(f"{_span(head.seq + 1, count)} after the head (entry {head.seq}) "
-                    "are not covered by its signature: appended later, or left by an "
-                    "interrupted append", head.seq + 1)
+        return fail(f"not covered by the head's signature: {_span(head.seq + 1, count)} after "
+                    f"entry {head.seq} (appended later, or left by an interrupted append)",
+                    head.seq + 1)

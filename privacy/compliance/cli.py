@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import NoReturn
@@ -75,7 +75,7 @@ def _build_parser() -> argparse.ArgumentParser:
                            "signed head")
     audit.add_argument("log", type=Path)
     pin = audit.add_mutually_exclusive_group()
-    _key_arg(pin, "head")
+    _key_arg(pin.add_argument, "head")
     pin.add_argument("--unsigned", action="store_true",
                      help="the log was written without a key (check --audit-log): check only "
                      "that it is intact, which does not show who wrote it")
@@ -83,17 +83,17 @@ def _build_parser() -> argparse.ArgumentParser:
     prov = sub.add_parser("verify-provenance", help="verify a signed provenance record")
     prov.add_argument("record", type=Path)
     prov.add_argument("--model", type=Path, help="model file whose SHA-256 must match")
-    _key_arg(prov, "record")
+    _key_arg(prov.add_argument, "record")
     prov.add_argument("--audit-log", type=Path,
                       help="audit log that must verify and contain the head the record binds")
     return parser
 
 
-def _key_arg(p: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup, what: str) -> None:
-    p.add_argument("--public-key", metavar="B64|FILE",
-                   help=f"the server's Ed25519 public key the {what} must be signed with: "
-                   f"base64 or a .pub file (default: the {PUBLIC_KEY_FILENAME} of the data "
-                   "directory holding runs/<id>/)")
+def _key_arg(add_argument: Callable[..., argparse.Action], what: str) -> None:
+    add_argument("--public-key", metavar="B64|FILE",
+                 help=f"the server's Ed25519 public key the {what} must be signed with: base64 "
+                 f"or a .pub file (default: the {PUBLIC_KEY_FILENAME} of the data directory "
+                 "holding runs/<id>/)")
 
 
 def _pack_args(p: argparse.ArgumentParser) -> None:
@@ -172,11 +172,13 @@ def _trusted_key(option: str | None, evidence: Path) -> str:
         return parse_public_key(option)
     run_dir = evidence.resolve().parent
     published = run_dir.parent.parent / PUBLIC_KEY_FILENAME
-    if run_dir.parent.name == "runs" and published.is_file():
+    in_run = run_dir.parent.name == "runs"
+    if in_run and published.is_file():
         return read_public_key(published)
+    why = f"{published} does not exist" if in_run else "it is not under <data-dir>/runs/<id>/"
     raise UsageError(
-        f"no trusted key for {evidence}: pass --public-key (the server's {PUBLIC_KEY_FILENAME} "
-        "or its base64); none is published in the data directory around it"
+        f"no trusted key for {evidence} ({why}): pass --public-key with the server's "
+        f"{PUBLIC_KEY_FILENAME} or its base64"
     )
 
 
