@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -10,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from privacy.compliance.audit import AuditLog
+from privacy.compliance.audit import AuditLog, entry_hash
 from privacy.compliance.cli import main
 from privacy.compliance.policy.loader import ENV_VAR
 from privacy.compliance.provenance import build_record, sign_record, write_record
-from privacy.compliance.signing import load_or_create_key, public_key_b64
+from privacy.compliance.signing import canonical_json, key_id, load_or_create_key, public_key_b64
 
 DATA = Path(__file__).parent / "data" / "policy"
 RUN = str(DATA / "good-run.toml")
@@ -169,35 +170,142 @@ def test_malformed_run_config_is_one_line(
     assert_one_line_error(err, "dp='yes'", "true or false")
 
 
-def test_verify_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_audit_unsigned(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A log written without a key (check --audit-log) is checked with --unsigned, said so."""
     log = AuditLog(tmp_path / "audit.jsonl")
     for i in range(3):
         log.append("e", {"i": i})
-    code, out, _ = run_cli(capsys, "verify-audit", str(log.path))
-    assert code == 0 and "OK, 3 entries" in out
+    code, out, _ = run_cli(capsys, "verify-audit", str(log.path), "--unsigned")
+    assert code == 0 and "OK, 3 entries" in out and "does not show who wrote them" in out
     raw = bytearray(log.path.read_bytes())
     raw[raw.index(b'"i":1') + 4] = ord("5")
     log.path.write_bytes(bytes(raw))
-    code, out, _ = run_cli(capsys, "verify-audit", str(log.path))
+    code, out, _ = run_cli(capsys, "verify-audit", str(log.path), "--unsigned")
     assert code == 1 and "FAILED at line 2" in out
 
 
-def test_verify_provenance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import hashlib
+def server_run(tmp_path: Path) -> tuple[Path, AuditLog, str]:
+    """A data dir as the server leaves it: key, published public key, runs/r1/audit.jsonl."""
+    data = tmp_path / "data"
+    key = load_or_create_key(data)
+    log = AuditLog(data / "runs" / "r1" / "audit.jsonl", key=key)
+    for i in range(3):
+        log.append("e", {"i": i})
+    return data, log, public_key_b64(key)
 
-    model = tmp_path / "model.pt"
+
+def signed_record(data: Path, log: AuditLog | None = None) -> tuple[Path, Path]:
+    model = data / "runs" / "r1" / "round-0001.pt"
+    model.parent.mkdir(parents=True, exist_ok=True)
     model.write_bytes(b"weights")
     digest = hashlib.sha256(b"weights").hexdigest()
-    key = load_or_create_key(tmp_path / "srv")
-    record = build_record(digest, [(1, digest)], {}, {}, {}, {}, {"fedguard": "0.1.0"})
-    path = tmp_path / "prov.json"
-    write_record(path, sign_record(record, key))
+    record = build_record(digest, [(1, digest)], {}, {}, {}, {}, {"fedguard": "0.1.0"},
+                          audit_head=log.head() if log else None)
+    path = data / "runs" / "r1" / "provenance.json"
+    write_record(path, sign_record(record, load_or_create_key(data)))
+    return path, model
+
+
+def test_verify_audit_pins_the_data_dirs_key_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, log, public = server_run(tmp_path)
+    code, out, _ = run_cli(capsys, "verify-audit", str(log.path))
+    assert code == 0 and f"head signed by trusted key {key_id(public)}" in out
+    for pin in (public, str(data / "signing-key.pub")):
+        assert run_cli(capsys, "verify-audit", str(log.path), "--public-key", pin)[0] == 0
+    last = list(log.entries())[-1]
+    with open(log.path, "ab") as fh:  # forged after the signed head, chained correctly
+        entry = {**last, "seq": 4, "prev": last["hash"], "kind": "forged"}
+        fh.write(canonical_json({**entry, "hash": entry_hash(entry)}) + b"\n")
+    for extra in ([], ["--public-key", public]):
+        code, out, _ = run_cli(capsys, "verify-audit", str(log.path), *extra)
+        assert code == 1 and "FAILED at line 4" in out
+        assert "not covered by the head's signature" in out
+
+
+def test_verify_audit_refuses_without_a_pin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, log, _ = server_run(tmp_path)
+    (tmp_path / "data" / "signing-key.pub").unlink()
+    code, _, err = run_cli(capsys, "verify-audit", str(log.path))
+    assert code == 2
+    assert_one_line_error(err, "no trusted key", "pass --public-key")
+    loose = AuditLog(tmp_path / "loose.jsonl")
+    loose.append("e", {})
+    code, _, err = run_cli(capsys, "verify-audit", str(loose.path))
+    assert code == 2
+    assert_one_line_error(err, "pass --public-key")
+
+
+def test_verify_audit_key_mismatch_names_both_key_ids(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, log, public = server_run(tmp_path)
+    other = public_key_b64(load_or_create_key(tmp_path / "other"))
+    code, out, _ = run_cli(capsys, "verify-audit", str(log.path), "--public-key", other)
+    assert code == 1 and key_id(public) in out and key_id(other) in out
+
+
+def test_verify_provenance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, log, public = server_run(tmp_path)
+    path, model = signed_record(data, log)
     code, out, _ = run_cli(capsys, "verify-provenance", str(path), "--model", str(model),
-                           "--public-key", public_key_b64(key))
+                           "--public-key", public)
     assert code == 0 and "model file matches" in out
+    code, out, _ = run_cli(capsys, "verify-provenance", str(path), "--audit-log", str(log.path))
+    assert code == 0 and f"signed by trusted key {key_id(public)}" in out
+    assert "audit log intact and holds the recorded head" in out
     model.write_bytes(b"weights, poisoned")
     code, out, _ = run_cli(capsys, "verify-provenance", str(path), "--model", str(model))
     assert code == 1 and "does not match" in out
+
+
+def test_verify_provenance_pins_instead_of_trusting_the_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, _, public = server_run(tmp_path)
+    forger = tmp_path / "forger"
+    path, _ = signed_record(forger)  # a record signed by someone else's key ...
+    target = data / "runs" / "r1" / "provenance.json"
+    shutil.copy(path, target)  # ... dropped into the server's run directory
+    code, out, _ = run_cli(capsys, "verify-provenance", str(target))
+    assert code == 1 and "other than the trusted one" in out
+    forged = public_key_b64(load_or_create_key(forger))
+    assert key_id(forged) in out and key_id(public) in out
+    loose = shutil.copy(path, tmp_path / "loose.json")  # outside any data dir: no pin
+    code, _, err = run_cli(capsys, "verify-provenance", str(loose))
+    assert code == 2
+    assert_one_line_error(err, "no trusted key", "pass --public-key")
+
+
+HOSTILE = [
+    b"",
+    b"\x00\xff\xfe binary junk\n",
+    b"[" * 100_000,
+    b'{"record": {"checkpoints": [1, "x", null]}, "alg": "Ed25519", "signature": 5}',
+    b'{"seq": 1, "ts": "x", "kind": "k", "payload": {}, "prev": 0, "hash": []}\n',
+    b'[1, 2, 3]\n{"a": 1}',
+    b"\n\n\n",
+]
+
+
+@pytest.mark.parametrize("content", HOSTILE)
+@pytest.mark.parametrize("command", ["verify-audit", "verify-provenance"])
+def test_verify_commands_never_print_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, content: bytes
+) -> None:
+    data, log, public = server_run(tmp_path)
+    target = log.path if command == "verify-audit" else log.path.with_name("provenance.json")
+    target.write_bytes(content)
+    log.head_path.write_bytes(content)
+    for extra in ([], ["--public-key", public], ["--public-key", "AAAA"],
+                  ["--public-key", str(target)]):
+        code, out, err = run_cli(capsys, command, str(target), *extra)
+        assert code in (1, 2), (extra, out, err)
+        assert "Traceback" not in out + err and "internal error" not in err
+        assert (out + err).count("\n") == 1, (extra, out, err)
 
 
 @pytest.mark.slow

@@ -8,10 +8,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from streamlit.testing.v1 import AppTest
 
 from assistant.ui.policy import evaluate_uploads, report_from_rows
+from assistant.ui.provenance import NOT_CHECKED
 from assistant.ui.text import md_escape, strip_control
+from privacy.compliance.provenance import load_record, sign_record, write_record
+from privacy.compliance.signing import (
+    PUBLIC_KEY_FILENAME,
+    key_id,
+    load_or_create_key,
+    public_key_b64,
+    read_public_key,
+)
 from server.store import RunStore
 from tests.conftest import ROOT
 from tests.ui_fixtures import (
@@ -281,20 +291,60 @@ def test_policy_report_round_trips_from_stored_rows(home: RecordedRun) -> None:
 # --- Provenance ------------------------------------------------------------------------------
 
 
-def test_provenance_verifies_the_runs_record_and_model(home: RecordedRun) -> None:
+def sign_as_server(run: RecordedRun) -> str:
+    """Re-sign the run's record with the data dir's own key, as the server does (which also
+    publishes signing-key.pub); returns that public key. The shared fixture signs with a
+    throwaway key."""
+    signed = load_record(run.provenance)
+    write_record(run.provenance, sign_record(signed["record"], load_or_create_key(run.data_dir)))
+    return read_public_key(run.data_dir / PUBLIC_KEY_FILENAME)
+
+
+@pytest.fixture(scope="module")
+def server_key(recorded: RecordedRun) -> str:
+    return sign_as_server(recorded)
+
+
+def upload_record(at: AppTest, data: bytes, name: str = "provenance.json") -> None:
+    at.file_uploader(key="provenance_record").set_value((name, data, "application/json"))
+
+
+def test_provenance_verifies_the_runs_record_and_model(home: RecordedRun, server_key: str) -> None:
     at = page("provenance", run=RUN_ID)
+    assert key_id(server_key) in texts(at)  # the page says which key it checks against
     at.button(key="provenance_verify_run").click().run()
     assert not at.exception
     assert "Verified" in at.success[0].value
+    assert f"trusted server key {key_id(server_key)}" in at.success[0].value
     assert "model file matches" in at.success[0].value
 
 
-def test_provenance_detects_a_different_model_and_untrusted_key(home: RecordedRun) -> None:
+def test_provenance_of_a_run_is_checked_against_the_published_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record in the store signed by any key but the data dir's does not pass."""
+    run = build_recorded_run(tmp_path)
+    monkeypatch.setenv("FEDGUARD_HOME", str(tmp_path))
+    (tmp_path / PUBLIC_KEY_FILENAME).unlink(missing_ok=True)
+    at = page("provenance", run=RUN_ID)
+    assert "no published server key" in at.warning[0].value
+    at.button(key="provenance_verify_run").click().run()
+    assert not at.success and NOT_CHECKED in at.warning[-1].value
+    published = public_key_b64(load_or_create_key(tmp_path))  # the server's key, not the signer
+    at = page("provenance", run=RUN_ID)
+    at.button(key="provenance_verify_run").click().run()
+    assert not at.success
+    error = at.error[0].value
+    assert "signed by a key other than the trusted one" in error
+    assert key_id(published) in error and key_id(run.public_key) in error
+
+
+def test_provenance_detects_a_different_model_and_untrusted_key(
+    home: RecordedRun, server_key: str
+) -> None:
     at = page("provenance")
-    at.text_input(key="provenance_key").set_value("AAAA" + home.public_key[4:])
-    at.file_uploader(key="provenance_record").set_value(
-        ("provenance.json", home.provenance.read_bytes(), "application/json")
-    )
+    at.text_input(key="provenance_key").set_value("AAAA" + server_key[4:])
+    upload_record(at, home.provenance.read_bytes())
     at.file_uploader(key="provenance_model").set_value(
         ("model.pt", home.checkpoints[0].read_bytes(), "application/octet-stream")
     )
@@ -305,29 +355,58 @@ def test_provenance_detects_a_different_model_and_untrusted_key(home: RecordedRu
     assert md_escape("model.pt does not match") in error
 
 
-def test_provenance_upload_with_trusted_key_passes(home: RecordedRun) -> None:
+@pytest.mark.parametrize("how", ["paste", "upload"])
+def test_provenance_upload_with_trusted_key_passes(
+    home: RecordedRun, server_key: str, how: str
+) -> None:
     at = page("provenance")
-    at.text_input(key="provenance_key").set_value(home.public_key)
-    at.file_uploader(key="provenance_record").set_value(
-        ("provenance.json", home.provenance.read_bytes(), "application/json")
-    )
+    if how == "paste":
+        at.text_input(key="provenance_key").set_value(server_key)
+    else:
+        at.file_uploader(key="provenance_pubkey").set_value(
+            (PUBLIC_KEY_FILENAME, (home.data_dir / PUBLIC_KEY_FILENAME).read_bytes(),
+             "application/octet-stream")
+        )
+    upload_record(at, home.provenance.read_bytes())
     at.button(key="provenance_verify_upload").click().run()
     assert "Verified" in at.success[0].value
     assert "model file" not in at.success[0].value
 
 
-def test_provenance_tampered_and_malformed_records(home: RecordedRun) -> None:
+def test_provenance_upload_without_a_key_is_not_a_pass(home: RecordedRun, server_key: str) -> None:
+    at = page("provenance")
+    upload_record(at, home.provenance.read_bytes())
+    at.button(key="provenance_verify_upload").click().run()
+    assert not at.exception and not at.success
+    assert NOT_CHECKED in at.warning[0].value
+
+
+def test_provenance_bad_or_conflicting_keys_are_one_line_errors(
+    home: RecordedRun, server_key: str
+) -> None:
+    at = page("provenance")
+    upload_record(at, home.provenance.read_bytes())
+    at.text_input(key="provenance_key").set_value("not a key")
+    at.button(key="provenance_verify_upload").click().run()
+    assert not at.exception and "is not a base64 Ed25519 public key" in at.error[0].value
+    at.text_input(key="provenance_key").set_value(server_key)
+    other = public_key_b64(Ed25519PrivateKey.generate())
+    at.file_uploader(key="provenance_pubkey").set_value(
+        ("other.pub", other.encode(), "application/octet-stream")
+    )
+    at.button(key="provenance_verify_upload").click().run()
+    assert not at.success and "differ" in at.error[0].value
+
+
+def test_provenance_tampered_and_malformed_records(home: RecordedRun, server_key: str) -> None:
     signed = json.loads(home.provenance.read_text())
     signed["record"]["privacy"]["101"]["epsilon"] = 0.01  # claim less privacy loss
     at = page("provenance")
-    at.file_uploader(key="provenance_record").set_value(
-        ("edited.json", json.dumps(signed).encode(), "application/json")
-    )
+    at.text_input(key="provenance_key").set_value(server_key)
+    upload_record(at, json.dumps(signed).encode(), "edited.json")
     at.button(key="provenance_verify_upload").click().run()
     assert "signature does not match" in at.error[0].value
-    at.file_uploader(key="provenance_record").set_value(
-        ("broken.json", b"{not json", "application/json")
-    )
+    upload_record(at, b"{not json", "broken.json")
     at.button(key="provenance_verify_upload").click().run()
     assert not at.exception
     assert at.error[0].value == md_escape(
@@ -436,6 +515,7 @@ def test_provenance_of_a_run_whose_files_moved(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = build_recorded_run(tmp_path)
+    sign_as_server(run)
     run.model.unlink()  # the final checkpoint is gone: the model check is off by default
     monkeypatch.setenv("FEDGUARD_HOME", str(tmp_path))
     at = page("provenance", run=RUN_ID)

@@ -2,7 +2,10 @@
 optionally that a model file is the one it describes.
 
 Verification is `privacy.compliance.provenance.verify_record`, which never raises and lists
-every problem; the page shows its verdict, the reasons, and what the record claims.
+every problem; the page shows its verdict, the reasons, and what the record claims. The
+signature is checked against a key the viewer trusts, never the one the record names: for a
+recorded run the key the server published in its data directory, for an upload the key the
+viewer pastes or uploads. Without one the page says the signature was not checked.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import streamlit as st
 
 from assistant.ui.data import (
     StoreUnavailable,
+    data_dir,
     pick_run,
     query,
     runs_or_message,
@@ -27,15 +31,23 @@ from assistant.ui.data import (
 )
 from assistant.ui.text import md_escape
 from privacy.compliance.provenance import (
+    MAX_RECORD_BYTES,
     ProvenanceCheck,
     ProvenanceError,
     load_record,
     verify_record,
 )
+from privacy.compliance.signing import (
+    PUBLIC_KEY_FILENAME,
+    SigningError,
+    key_id,
+    parse_public_key,
+    read_public_key,
+)
 
-MAX_RECORD_BYTES = 5 * 1024 * 1024
 RESULT_KEY = "provenance_result"
 MODEL_OK = ", and the model file matches"
+NOT_CHECKED = "signature not checked against a trusted key"
 
 
 def parse_record(data: bytes, name: str) -> dict[str, Any]:
@@ -56,13 +68,47 @@ def verify(
 ) -> ProvenanceCheck:
     """verify_record, with an uploaded model written to a temp file under its own name."""
     if model is None or isinstance(model, Path):
-        return verify_record(signed, model, trusted_key)
+        return verify_record(signed, trusted_key, model_path=model)
     name, data = model
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name)[:80].strip("._") or "model"
     with tempfile.TemporaryDirectory(prefix="fedguard-ui-") as tmp:
         path = Path(tmp) / safe
         path.write_bytes(data)
-        return verify_record(signed, path, trusted_key)
+        return verify_record(signed, trusted_key, model_path=path)
+
+
+def published_key() -> tuple[str | None, str]:
+    """The server key published in the data directory, or None and why not."""
+    path = data_dir() / PUBLIC_KEY_FILENAME
+    if not path.is_file():
+        return None, (f"The data directory has no published server key ({PUBLIC_KEY_FILENAME}; "
+                      "the server writes it when it starts), so the record's signature cannot "
+                      "be checked here. Upload the record with the server's public key instead.")
+    try:
+        return read_public_key(path), ""
+    except SigningError as exc:
+        return None, str(exc)
+
+
+def uploaded_key(pasted: str, upload: tuple[str, bytes] | None) -> str | None:
+    """The key the viewer gave (pasted base64 or a .pub file), None if neither.
+
+    Raises SigningError (one line) for a key that does not parse or two keys that differ.
+    """
+    keys = []
+    if pasted.strip():
+        keys.append(parse_public_key(pasted))
+    if upload is not None:
+        name, data = upload
+        try:
+            keys.append(parse_public_key(data[:4096].decode("ascii", errors="replace")))
+        except SigningError:
+            raise SigningError(f"{name} does not hold a base64 Ed25519 public key; upload the "
+                               f"server's {PUBLIC_KEY_FILENAME}") from None
+    if len(set(keys)) > 1:
+        raise SigningError(f"the pasted key ({key_id(keys[0])}) and the uploaded one "
+                           f"({key_id(keys[1])}) differ; give only the server's key")
+    return keys[0] if keys else None
 
 
 def summary(signed: Mapping[str, Any]) -> pd.DataFrame:
@@ -76,7 +122,7 @@ def summary(signed: Mapping[str, Any]) -> pd.DataFrame:
         ("model sha256", model.get("sha256")),
         ("rounds (checkpoints)", len(checkpoints)),
         ("nodes (manifests)", len(manifests)),
-        ("signing key id", signed.get("key_id")),
+        ("signing key id (as the record names it)", signed.get("key_id")),
         ("secure aggregation", json.dumps(record.get("secagg"), ensure_ascii=False)),
         ("versions", json.dumps(record.get("versions"), ensure_ascii=False)),
     ]
@@ -94,11 +140,17 @@ def privacy_rows(signed: Mapping[str, Any]) -> pd.DataFrame:
 
 def show_result(signed: Mapping[str, Any], check: ProvenanceCheck, model_note: str) -> None:
     if check.ok:
-        st.success(f"Verified: the signature is valid, the checkpoint chain recomputes"
-                   f"{model_note}. Signing key id {md_escape(check.key_id or '?')}.")
+        st.success(f"Verified: the signature is valid for the trusted server key "
+                   f"{md_escape(check.key_id or '?')}, and the checkpoint chain recomputes"
+                   f"{model_note}.")
+    elif not check.reasons:
+        st.warning(f"The record is consistent (the checkpoint chain recomputes{model_note}), "
+                   f"but its {NOT_CHECKED}: anyone can write such a record. Give the server's "
+                   f"public key ({PUBLIC_KEY_FILENAME}) to check who signed it.")
     else:
+        reasons = [*check.reasons, *([] if check.signature_checked else [NOT_CHECKED])]
         st.error("Verification failed:  \n" + "  \n".join(
-            f"• {md_escape(reason, limit=300)}" for reason in check.reasons
+            f"• {md_escape(reason, limit=300)}" for reason in reasons
         ))
     st.dataframe(summary(signed), hide_index=True)
     privacy = privacy_rows(signed)
@@ -109,7 +161,7 @@ def show_result(signed: Mapping[str, Any], check: ProvenanceCheck, model_note: s
         st.json(dict(signed), expanded=False)
 
 
-def _from_run(trusted: str | None) -> None:
+def _from_run() -> None:
     runs = runs_or_message()
     if runs is None:
         return
@@ -125,6 +177,12 @@ def _from_run(trusted: str | None) -> None:
         st.info("This run has no provenance record yet (it is written when a run completes); "
                 "upload one in the other tab.")
         return
+    trusted, why_not = published_key()
+    if trusted is None:
+        st.warning(md_escape(why_not))
+    else:
+        st.caption(f"Checked against the server key published in the data directory "
+                   f"(key id {key_id(trusted)}).")
     checkpoint = stored_path(rounds[-1]["checkpoint_path"]) if rounds else None
     use_model = st.checkbox(
         "Also check the run's final model (last round's checkpoint)",
@@ -142,17 +200,25 @@ def _from_run(trusted: str | None) -> None:
     show_result(signed, verify(signed, model, trusted), MODEL_OK if model else "")
 
 
-def _upload(trusted: str | None) -> None:
+def _upload() -> None:
     record = st.file_uploader("Provenance record (JSON)", type=["json"], key="provenance_record")
     model = st.file_uploader("Model file (optional)", key="provenance_model")
+    pasted = st.text_input(
+        "Server public key (base64)", key="provenance_key",
+        help=f"The one line of the server's {PUBLIC_KEY_FILENAME}, obtained from the server "
+        "operator by a channel you trust. Without it the page cannot tell who signed.",
+    )
+    pub = st.file_uploader(f"…or upload {PUBLIC_KEY_FILENAME}", type=["pub"],
+                           key="provenance_pubkey")
     if st.button("Verify upload", type="primary", key="provenance_verify_upload"):
         st.session_state.pop(RESULT_KEY, None)
         if record is None:
             st.error("Upload a provenance record (.json) first.")
             return
         try:
+            trusted = uploaded_key(pasted, (pub.name, pub.getvalue()) if pub else None)
             signed = parse_record(record.getvalue(), record.name)
-        except ProvenanceError as exc:
+        except (SigningError, ProvenanceError) as exc:
             st.error(md_escape(str(exc)))
             return
         model_in = (model.name, model.getvalue()) if model is not None else None
@@ -167,13 +233,10 @@ def render() -> None:
     """The Provenance page."""
     st.title("Provenance")
     st.caption("A provenance record binds the final model to its checkpoints, the nodes' "
-               "manifests, their privacy spend and the policy verdicts, signed by the server.")
-    trusted = st.text_input(
-        "Trusted server public key (optional, base64)", key="provenance_key",
-        help="Without it the signature proves the record is intact, not who signed it.",
-    ).strip() or None
+               "manifests, their privacy spend, the policy verdicts and the audit log's head, "
+               "signed by the server.")
     from_run, upload = st.tabs(["From a recorded run", "Upload a record"])
     with from_run:
-        _from_run(trusted)
+        _from_run()
     with upload:
-        _upload(trusted)
+        _upload()

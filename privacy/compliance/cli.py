@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import NoReturn
@@ -27,7 +27,12 @@ from privacy.compliance.policy import (
     parse_param_overrides,
 )
 from privacy.compliance.provenance import ProvenanceError, load_record, verify_record
-from privacy.compliance.signing import SigningError
+from privacy.compliance.signing import (
+    PUBLIC_KEY_FILENAME,
+    SigningError,
+    parse_public_key,
+    read_public_key,
+)
 from privacy.console import one_line
 from privacy.files import atomic_write
 
@@ -67,15 +72,29 @@ def _build_parser() -> argparse.ArgumentParser:
     _pack_args(lister)
     lister.add_argument("--lang", choices=("en", "zh"), default="en")
 
-    audit = sub.add_parser("verify-audit", help="verify a hash-chained audit log")
+    audit = sub.add_parser("verify-audit", help="verify a hash-chained audit log and its "
+                           "signed head")
     audit.add_argument("log", type=Path)
-    audit.add_argument("--public-key", help="base64 Ed25519 key the head must be signed with")
+    pin = audit.add_mutually_exclusive_group()
+    _key_arg(pin.add_argument, "head")
+    pin.add_argument("--unsigned", action="store_true",
+                     help="the log was written without a key (check --audit-log): check only "
+                     "that it is intact, which does not show who wrote it")
 
     prov = sub.add_parser("verify-provenance", help="verify a signed provenance record")
     prov.add_argument("record", type=Path)
     prov.add_argument("--model", type=Path, help="model file whose SHA-256 must match")
-    prov.add_argument("--public-key", help="base64 Ed25519 key the record must be signed with")
+    _key_arg(prov.add_argument, "record")
+    prov.add_argument("--audit-log", type=Path,
+                      help="audit log that must verify and contain the head the record binds")
     return parser
+
+
+def _key_arg(add_argument: Callable[..., argparse.Action], what: str) -> None:
+    add_argument("--public-key", metavar="B64|FILE",
+                 help=f"the server's Ed25519 public key the {what} must be signed with: base64 "
+                 f"or a .pub file (default: the {PUBLIC_KEY_FILENAME} of the data directory "
+                 "holding runs/<id>/)")
 
 
 def _pack_args(p: argparse.ArgumentParser) -> None:
@@ -140,10 +159,39 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trusted_key(option: str | None, evidence: Path) -> str:
+    """The pinned key: --public-key (base64 or file), else the data dir's published key."""
+    if option is not None:
+        try:
+            is_file = Path(option).is_file()
+        except (OSError, ValueError):
+            is_file = False
+        if is_file:
+            return read_public_key(option)
+        if option.endswith(".pub"):
+            raise UsageError(f"--public-key file {option} not found; check the path")
+        return parse_public_key(option)
+    run_dir = evidence.resolve().parent
+    published = run_dir.parent.parent / PUBLIC_KEY_FILENAME
+    in_run = run_dir.parent.name == "runs"
+    if in_run and published.is_file():
+        return read_public_key(published)
+    why = f"{published} does not exist" if in_run else "it is not under <data-dir>/runs/<id>/"
+    raise UsageError(
+        f"no trusted key for {evidence} ({why}): pass --public-key with the server's "
+        f"{PUBLIC_KEY_FILENAME} or its base64"
+    )
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
-    result = AuditLog(args.log).verify(trusted_public_key=args.public_key)
+    if not args.log.is_file():
+        raise UsageError(f"audit log {args.log} not found; check the path")
+    key = None if args.unsigned else _trusted_key(args.public_key, args.log)
+    result = AuditLog(args.log).verify(key)
     if result.ok:
-        print(f"audit log {args.log}: OK, {result.count} entries, chain and head intact")
+        signer = (f", head signed by trusted key {result.key_id}" if key else
+                  " (unsigned: the files agree, which does not show who wrote them)")
+        print(f"audit log {args.log}: OK, {result.count} entries, chain and head intact{signer}")
         return 0
     where = f" at line {result.first_bad}" if result.first_bad else ""
     print(f"audit log {args.log}: FAILED{where}: {result.reason}")
@@ -151,12 +199,16 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_provenance(args: argparse.Namespace) -> int:
-    if args.model is not None and not args.model.is_file():
-        raise UsageError(f"model file {args.model} not found; pass the model the record names")
-    check = verify_record(load_record(args.record), args.model, args.public_key)
+    for what, path in (("model file", args.model), ("audit log", args.audit_log)):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{what} {path} not found; pass the {what} the record names")
+    signed = load_record(args.record)
+    key = _trusted_key(args.public_key, args.record)
+    check = verify_record(signed, key, model_path=args.model, audit_log=args.audit_log)
     if check.ok:
-        extra = " and model file matches" if args.model else ""
-        print(f"provenance record {args.record}: OK, signed by key {check.key_id}{extra}")
+        extra = (" and model file matches" if args.model else "") + (
+            ", audit log intact and holds the recorded head" if args.audit_log else "")
+        print(f"provenance record {args.record}: OK, signed by trusted key {check.key_id}{extra}")
         return 0
     print(f"provenance record {args.record}: FAILED: {'; '.join(check.reasons)}")
     return 1
@@ -172,11 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "verify-provenance": _cmd_provenance,
         }[args.command]
         return handler(args)
-    except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except _INPUT_ERRORS as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+    except (UsageError, *_INPUT_ERRORS) as exc:
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `fedguard-policy list-rules | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -2,9 +2,11 @@
 
 A record binds the final model's SHA-256 to the chain of round checkpoints, each node's
 manifest hash, each node's (epsilon, delta, accountant), the secure-aggregation settings, the
-policy verdicts and the software versions. It is signed with the server's Ed25519 key over
-canonical JSON, so anyone holding the public key can check that nothing in it changed and that
-a model file is the one it describes.
+policy verdicts, the software versions and the audit log's signed head. It is signed with the
+server's Ed25519 key over canonical JSON. Verification takes the server's public key as a
+required pin: the key the record names is for display only, since a forger names their own.
+With the pin, anyone can check that nothing in the record changed, that a model file is the one
+it describes and that an audit log contains the head the record bound.
 
 The checkpoint list is hash-chained (``chain_i = SHA-256(chain_{i-1}:round:sha256)``), so a
 record cannot silently drop or reorder rounds, and the final model must be the last round's
@@ -16,9 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,17 +27,21 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from privacy.compliance.audit import AuditError, AuditHead, AuditLog, parse_head
 from privacy.compliance.signing import (
     SigningError,
     canonical_json,
+    fsync_dir,
     key_id,
+    parse_public_key,
     public_key_b64,
     sign_bytes,
     verify_bytes,
 )
-from privacy.files import sha256_file
+from privacy.files import atomic_write, sha256_file
 
 __all__ = [
+    "MAX_RECORD_BYTES",
     "SCHEMA",
     "ProvenanceCheck",
     "ProvenanceError",
@@ -51,6 +55,7 @@ __all__ = [
 ]
 
 SCHEMA = "fedguard.provenance/1"
+MAX_RECORD_BYTES = 5 * 1024 * 1024  # far above any real record; a bigger file is not one
 _GENESIS = "0" * 64
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -61,11 +66,17 @@ class ProvenanceError(ValueError):
 
 @dataclass(frozen=True)
 class ProvenanceCheck:
-    """Result of :func:`verify_record`; ``reasons`` lists every problem found (empty if ok)."""
+    """Result of :func:`verify_record`; ``reasons`` lists every problem found (empty if ok).
+
+    ``ok`` needs the signature checked against a trusted key: with no key given,
+    ``signature_checked`` is False and ``ok`` is False even when ``reasons`` is empty.
+    ``key_id`` names the trusted key once the record verified.
+    """
 
     ok: bool
     reasons: list[str] = field(default_factory=list)
     key_id: str | None = None
+    signature_checked: bool = True
 
 
 def _check_sha(value: Any, what: str) -> str:
@@ -150,7 +161,10 @@ def build_record(
         "versions": dict(versions),
     }
     if audit_head is not None:
-        record["audit_head"] = dict(audit_head)
+        try:
+            record["audit_head"] = parse_head(audit_head).to_json()
+        except AuditError as exc:
+            raise ProvenanceError(f"audit_head: {exc}; pass the audit log's head") from None
     try:
         canonical_json(record)
     except SigningError as exc:
@@ -191,36 +205,75 @@ def _check_chain(record: Mapping[str, Any], reasons: list[str]) -> str | None:
     return again[-1]["sha256"] if again else None
 
 
+def _check_signature(signed: Mapping[str, Any], record: Mapping[str, Any], trusted: str,
+                     reasons: list[str]) -> None:
+    """The record's signature under the pinned key; the key fields it names must agree."""
+    public, signature = signed.get("public_key"), signed.get("signature")
+    if signed.get("alg") != "Ed25519" or not isinstance(signature, str):
+        reasons.append("signature block is missing or not Ed25519")
+        return
+    if public is not None and public != trusted:
+        named = key_id(public) if isinstance(public, str) else "invalid key"
+        reasons.append(f"record is signed by a key other than the trusted one (record key "
+                       f"{named}, trusted key {key_id(trusted)})")
+        return
+    if signed.get("key_id") not in (None, key_id(trusted)):
+        reasons.append(f"record's key_id {str(signed.get('key_id'))[:40]!r} is not the trusted "
+                       f"key {key_id(trusted)}")
+    try:
+        body = canonical_json(dict(record))
+    except (SigningError, RecursionError):
+        body = b""
+    if not body or not verify_bytes(body, signature, trusted):
+        reasons.append("signature does not match the record (record edited or wrong key)")
+
+
+def _audit_head(record: Mapping[str, Any], trusted: str | None,
+                reasons: list[str]) -> AuditHead | None:
+    """The audit head the record binds (None if absent or malformed), its signature pinned."""
+    if record.get("audit_head") is None:
+        return None
+    try:
+        head = parse_head(record["audit_head"])
+    except AuditError as exc:
+        reasons.append(f"audit head in the record is malformed: {exc}")
+        return None
+    problem = head.signature_problem(trusted) if trusted is not None else ""
+    if problem:
+        reasons.append(f"audit head in the record: {problem}")
+    return head
+
+
 def verify_record(
     signed: Mapping[str, Any],
+    trusted_public_key: str | None,
+    *,
     model_path: str | Path | None = None,
-    trusted_public_key: str | None = None,
+    audit_log: str | Path | None = None,
 ) -> ProvenanceCheck:
-    """Check signature, checkpoint chain and (optionally) the model file; never raises.
+    """Check signature, checkpoint chain and (optionally) model file and audit log; never raises.
 
-    Without `trusted_public_key` the signature is checked against the key the record names,
-    which proves integrity but not who signed: pin the server's key for that.
+    `trusted_public_key` (base64) is required: the server key that must have signed the record
+    and the audit head it binds; there is no fallback to the key the record names. Passing
+    None runs every other check and reports the signature as not checked (``ok`` False).
+    `audit_log` must verify under the same key and contain the head the record bound.
     """
     reasons: list[str] = []
-    if not isinstance(signed, Mapping) or not isinstance(signed.get("record"), Mapping):
-        return ProvenanceCheck(False, ["not a signed provenance record (no 'record' object)"])
-    record = signed["record"]
-    public, signature = signed.get("public_key"), signed.get("signature")
-    if signed.get("alg") != "Ed25519" or not isinstance(public, str) or not isinstance(
-        signature, str
-    ):
-        reasons.append("signature block is missing or not Ed25519")
-    else:
-        if trusted_public_key is not None and public != trusted_public_key:
-            reasons.append("record is signed by a key other than the trusted one")
+    trusted = trusted_public_key
+    if trusted is not None:
         try:
-            body = canonical_json(dict(record))
-        except SigningError:
-            body = b""
-        if not body or not verify_bytes(body, signature, public):
-            reasons.append("signature does not match the record (record edited or wrong key)")
+            trusted = parse_public_key(trusted)
+        except SigningError as exc:
+            return ProvenanceCheck(False, [f"trusted {exc}"])
+    checked = trusted is not None
+    if not isinstance(signed, Mapping) or not isinstance(signed.get("record"), Mapping):
+        return ProvenanceCheck(False, ["not a signed provenance record (no 'record' object)"],
+                               signature_checked=checked)
+    record = signed["record"]
+    if trusted is not None:
+        _check_signature(signed, record, trusted, reasons)
     if record.get("schema") != SCHEMA:
-        reasons.append(f"unknown schema {record.get('schema')!r}; expected {SCHEMA}")
+        reasons.append(f"unknown schema {str(record.get('schema'))[:60]!r}; expected {SCHEMA}")
     model = record.get("model")
     model_sha = model.get("sha256") if isinstance(model, Mapping) else None
     if not isinstance(model_sha, str) or not _HEX64.fullmatch(model_sha):
@@ -228,6 +281,7 @@ def verify_record(
     last = _check_chain(record, reasons)
     if last is not None and last != model_sha:
         reasons.append("model hash differs from the last checkpoint in the chain")
+    head = _audit_head(record, trusted, reasons)
     if model_path is not None:
         try:
             actual = sha256_file(model_path)
@@ -237,39 +291,41 @@ def verify_record(
             if actual != model_sha:
                 reasons.append(f"model file {Path(model_path).name} does not match the record's "
                                "SHA-256 (different or modified model)")
-    kid = key_id(public) if isinstance(public, str) and not reasons else None
-    return ProvenanceCheck(not reasons, reasons, kid)
+    if audit_log is not None:
+        if head is None:
+            reasons.append("record binds no valid audit head, so no audit log can be tied to it")
+        else:
+            log = AuditLog(audit_log).verify(trusted, anchor=(head.seq, head.hash))
+            if not log.ok:
+                where = f" at line {log.first_bad}" if log.first_bad else ""
+                reasons.append(f"audit log {Path(audit_log).name}{where}: {log.reason}")
+    ok = checked and not reasons
+    kid = key_id(trusted) if ok and trusted is not None else None
+    return ProvenanceCheck(ok, reasons, kid, checked)
 
 
 def write_record(path: str | Path, signed: Mapping[str, Any]) -> None:
-    """Write a signed record atomically (temp file, fsync, rename)."""
+    """Write a signed record atomically and durably (temp file, fsync, rename, fsync dir)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     data = json.dumps(signed, indent=2, sort_keys=True, ensure_ascii=False).encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=".prov-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    atomic_write(target, data + b"\n")
+    fsync_dir(target.parent)
 
 
 def load_record(path: str | Path) -> dict[str, Any]:
     """Read a signed record file; ProvenanceError (one line) if it is missing or not JSON."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_RECORD_BYTES + 1)
     except FileNotFoundError:
         raise ProvenanceError(f"provenance record {path} not found; check the path") from None
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise ProvenanceError(f"provenance record {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_RECORD_BYTES:
+        raise ProvenanceError(f"provenance record {path} is larger than 5 MiB; is it a record?")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
         raise ProvenanceError(
             f"provenance record {path} is not JSON ({type(exc).__name__}); pass the .json record"
         ) from None

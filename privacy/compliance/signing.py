@@ -3,6 +3,11 @@
 One canonical byte form (sorted keys, no whitespace, UTF-8, no NaN) means a record hashes and
 verifies the same on every machine and Python version; the key lives in the server's data
 directory, is created on first use with mode 0600 and never leaves it.
+
+Its public half is published beside it as ``signing-key.pub`` (one line of base64), rewritten
+whenever it is missing or stale, so that a verifier has a key to pin: a signature only proves
+who signed when it is checked against a key the verifier trusts, never against a key that the
+signed file names itself.
 """
 
 from __future__ import annotations
@@ -22,18 +27,26 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from privacy.files import atomic_write
+
 __all__ = [
     "KEY_FILENAME",
+    "PUBLIC_KEY_FILENAME",
     "SigningError",
     "canonical_json",
+    "fsync_dir",
     "key_id",
     "load_or_create_key",
+    "parse_public_key",
     "public_key_b64",
+    "read_public_key",
     "sign_bytes",
     "verify_bytes",
 ]
 
 KEY_FILENAME = "server-ed25519.pem"
+PUBLIC_KEY_FILENAME = "signing-key.pub"
+_MAX_PUB_BYTES = 4096
 
 
 class SigningError(ValueError):
@@ -53,7 +66,8 @@ def canonical_json(obj: Any) -> bytes:
     return text.encode("utf-8")
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (every evidence writer calls it after a replace)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -79,8 +93,14 @@ def load_or_create_key(data_dir: str | Path) -> Ed25519PrivateKey:
 
     Creation writes a temp file and hard-links it into place, which fails if another process
     won the race; we then load the winner's key, so two servers never end up with two keys.
+    Either way the public half is (re)published as `PUBLIC_KEY_FILENAME` if missing or stale.
     """
-    directory = Path(data_dir)
+    key = _load_or_create(Path(data_dir))
+    _publish(Path(data_dir), key)
+    return key
+
+
+def _load_or_create(directory: Path) -> Ed25519PrivateKey:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / KEY_FILENAME
     if path.exists():
@@ -104,8 +124,62 @@ def load_or_create_key(data_dir: str | Path) -> Ed25519PrivateKey:
             return _read_key(path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return key
+
+
+def _publish(directory: Path, key: Ed25519PrivateKey) -> None:
+    """Write the public key file atomically unless it already holds this key."""
+    path = directory / PUBLIC_KEY_FILENAME
+    line = public_key_b64(key) + "\n"
+    try:
+        if path.is_file() and path.read_bytes() == line.encode("ascii"):
+            return
+        atomic_write(path, line.encode("ascii"))
+        fsync_dir(directory)
+    except OSError as exc:
+        raise SigningError(
+            f"cannot publish the public key as {path} ({exc.strerror or exc}); make the data "
+            "directory writable"
+        ) from None
+
+
+def parse_public_key(text: str) -> str:
+    """Validate a base64 raw Ed25519 public key and return it normalised (whitespace stripped).
+
+    Raises SigningError (one line) for anything else, so a typo never becomes "not verified".
+    """
+    value = text.strip() if isinstance(text, str) else ""
+    try:
+        raw = base64.b64decode(value, validate=True)
+        Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        shown = value[:20] + ("…" if len(value) > 20 else "")
+        raise SigningError(
+            f"public key {shown!r} is not a base64 Ed25519 public key; pass the server's "
+            f"{PUBLIC_KEY_FILENAME} or the one line of base64 it holds"
+        ) from None
+    return base64.b64encode(raw).decode("ascii")
+
+
+def read_public_key(path: str | Path) -> str:
+    """The key in a public key file (as written by :func:`load_or_create_key`)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(_MAX_PUB_BYTES + 1)
+    except FileNotFoundError:
+        raise SigningError(f"public key file {path} not found; check the path") from None
+    except OSError as exc:
+        raise SigningError(f"public key file {path}: {exc.strerror or exc}") from None
+    text = data.decode("ascii", errors="replace") if len(data) <= _MAX_PUB_BYTES else ""
+    try:
+        return parse_public_key(text)
+    except SigningError:
+        raise SigningError(
+            f"public key file {path} does not hold a base64 Ed25519 public key; use the "
+            f"server's {PUBLIC_KEY_FILENAME}"
+        ) from None
 
 
 def public_key_b64(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
@@ -116,8 +190,16 @@ def public_key_b64(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
 
 
 def key_id(public_b64: str) -> str:
-    """First 16 hex digits of SHA-256 over the raw public key: a stable name for the key."""
-    return hashlib.sha256(base64.b64decode(public_b64)).hexdigest()[:16]
+    """First 16 hex digits of SHA-256 over the raw public key: a stable name for the key.
+
+    Never raises: a value that is not base64 is named "invalid key" (it may come from a forged
+    file and only ever appears in messages).
+    """
+    try:
+        raw = base64.b64decode(public_b64, validate=True)
+    except (ValueError, TypeError):
+        return "invalid key"
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def sign_bytes(data: bytes, key: Ed25519PrivateKey) -> str:
