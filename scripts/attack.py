@@ -4,7 +4,7 @@
     python scripts/attack.py --quick    # a short smoke run (6 runs of 3 rounds)
 
 Each cell of the table is one real run in Flower's Simulation Engine: a simulation SuperLink we
-own (server.superlink.SuperLink), the app in scripts/attack_app (fedguard's ServerApp, and a
+own (server.deploy.superlink.SuperLink), the app in scripts/attack_app (fedguard's ServerApp, and a
 ClientApp whose nodes with partition-id < fraction * nodes are malicious; honest nodes run
 fedguard's real ClientApp and `local_train`). Results are read from the run store.
 
@@ -46,8 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = Path(__file__).resolve().parent / "attack_app"
 sys.path.insert(0, str(ROOT))
 
+from server.deploy.superlink import LaunchError, SuperLink  # noqa: E402
 from server.store import RunStore, StoreError, default_data_dir  # noqa: E402
-from server.superlink import LaunchError, SuperLink  # noqa: E402
 
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum", "multikrum", "bulyan")
 CONDITIONS = ("clean", "sign-flip", "scaled", "label-flip", "nan")

@@ -23,8 +23,8 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from server.deploy.superlink import SuperLink  # noqa: E402
 from server.store import RunStore  # noqa: E402
-from server.superlink import SuperLink  # noqa: E402
 
 console = Console()
 

@@ -46,8 +46,8 @@ LEGACY_APP = ROOT / "scripts" / "legacy_secagg_app"
 sys.path.insert(0, str(ROOT))
 
 from privacy.secagg.params import resolve_params  # noqa: E402
+from server.deploy.superlink import SuperLink  # noqa: E402
 from server.store import RunStore  # noqa: E402
-from server.superlink import SuperLink  # noqa: E402
 
 console = Console(width=150)
 APPS = ("plain", "ours", "legacy")

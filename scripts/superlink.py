@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server.superlink import LaunchError, SuperLink, TLSFiles  # noqa: E402
+from server.deploy.superlink import LaunchError, SuperLink, TLSFiles  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from server.deploy.superlink import SuperLink
 from server.store import RunStore
-from server.superlink import SuperLink
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from clients.supernode import SuperNode
+from clients.node.supernode import SuperNode
+from server.deploy.superlink import SuperLink
 from server.store import RunStore, StoreError
-from server.superlink import SuperLink
 from tests.conftest import ROOT, rows_by, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clients.supernode import SuperNode
+from clients.node.supernode import SuperNode
 from server.store import RunStore
 from tests.conftest import ROOT, rows_by
 

@@ -6,10 +6,12 @@ from collections.abc import Iterable
 
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+from flwr.server.deploy.superlink.linkstate.utils import (
+    create_message_error_unavailable_res_message,
+)
 from flwr.supercore.task_identity import TaskIdentity
 
-from server.fast_grid import SUPERLINK_NODE_ID, FastPollGrid
+from server.rounds.grid import SUPERLINK_NODE_ID, FastPollGrid
 from tests.helpers.grids import InProcessGrid
 
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from clients.supernode import SuperNode
+from clients.node.supernode import SuperNode
 from privacy.transport.certs import write_certificates
+from server.deploy.superlink import SuperLink, TLSFiles
 from server.store import RunStore
-from server.superlink import SuperLink, TLSFiles
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from server.checkpoint import sha256_file
+from privacy.files import sha256_file
+from server.deploy.superlink import SuperLink
 from server.store import RunStore
-from server.superlink import SuperLink
 from tests.conftest import ROOT, rows_by, run_simulation, wait_for
 
 pytestmark = pytest.mark.slow

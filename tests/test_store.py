@@ -7,8 +7,8 @@ import sqlite3
 import pytest
 import torch
 
-from server.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_file
 from server.store import RunStore, StoreError
+from server.store.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_file
 
 
 def test_run_round_node_and_event_rows_round_trip(tmp_path) -> None:

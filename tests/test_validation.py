@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from server.validation import InvalidUpdate, check_update, rules_for
+from server.rounds.validation import InvalidUpdate, check_update, rules_for
 
 GLOBAL = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}
 

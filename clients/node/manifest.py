@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+
 class ManifestMissing(FileNotFoundError):
     """The node has no manifest to send; one line with the fix."""
 

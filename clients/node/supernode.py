@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-VENV_BIN = Path(sys.executable).parent
+from privacy.processes import LaunchError, Process, flower_env, free_port, tool
+
+__all__ = ["NodeLaunchError", "SuperNode", "free_port", "node_config_arg"]
 
 
-class NodeLaunchError(RuntimeError):
+class NodeLaunchError(LaunchError):
     """The SuperNode could not start; one line naming the cause and the fix."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def node_config_arg(values: Mapping[str, Any]) -> str:
@@ -54,28 +44,21 @@ class SuperNode:
     auth_private_key: Path | None = None
     auth_public_key: Path | None = None
     port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
+    process: Process | None = None
 
     @property
     def log_path(self) -> Path:
         return self.workdir / f"supernode-{self.port}.log"
 
     def command(self) -> list[str]:
-        exe = VENV_BIN / "flower-supernode"
         cmd = [
-            str(exe) if exe.exists() else "flower-supernode",
-            "--superlink",
-            self.superlink,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--isolation",
-            "subprocess",
-            "--max-retries",
-            "30",
-            "--max-wait-time",
-            "120",
+            tool("flower-supernode"),
+            "--superlink", self.superlink,
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--isolation", "subprocess",
+            "--max-retries", "30",
+            "--max-wait-time", "120",
         ]
         if self.node_config:
             cmd += ["--node-config", node_config_arg(self.node_config)]
@@ -89,56 +72,24 @@ class SuperNode:
             cmd += ["--auth-supernode-public-key", str(self.auth_public_key)]
         return cmd
 
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-        env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
-        env.setdefault("OPENBLAS_NUM_THREADS", "1")
-        env.setdefault("OMP_NUM_THREADS", "1")
-        return env
-
     def start(self) -> SuperNode:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            self.command(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env(),
-            cwd=self.workdir,
-            start_new_session=True,
-        )
-        log.close()
+        self.process = Process(self.command(), self.log_path, flower_env(), self.workdir).start()
         time.sleep(0.5)
-        if self.proc.poll() is not None:
-            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-2:]
-            raise NodeLaunchError(
-                f"flower-supernode exited with code {self.proc.returncode}: {' | '.join(tail)}"
-            )
+        if not self.process.alive():
+            raise NodeLaunchError(str(self.process.exited_error()))
         return self
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.process is not None and self.process.alive()
 
     def kill(self) -> None:
         """SIGKILL the node and its ClientApp processes (a crash, for fault tests)."""
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        if self.process is not None:
+            self.process.kill()
 
     def stop(self, grace: float = 5.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=grace)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=grace)
+        if self.process is not None:
+            self.process.stop(grace)
 
     def __enter__(self) -> SuperNode:
         return self.start()

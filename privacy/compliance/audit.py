@@ -40,7 +40,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from privacy.compliance.signing import (
     SigningError,
     canonical_json,
-    fsync_dir,
     key_id,
     public_key_b64,
     sign_bytes,
@@ -337,7 +336,6 @@ class AuditLog:
             head = AuditHead(seq, digest, pending, public_key_b64(self._key),
                              sign_bytes(head.message(), self._key))
         atomic_write(self.head_path, canonical_json(head.to_json()))
-        fsync_dir(self.head_path.parent)
 
     # -- reading ---------------------------------------------------------------------------
     def entries(self) -> Iterator[dict[str, Any]]:

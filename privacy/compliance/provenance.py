@@ -31,7 +31,6 @@ from privacy.compliance.audit import AuditError, AuditHead, AuditLog, parse_head
 from privacy.compliance.signing import (
     SigningError,
     canonical_json,
-    fsync_dir,
     key_id,
     parse_public_key,
     public_key_b64,
@@ -309,7 +308,6 @@ def write_record(path: str | Path, signed: Mapping[str, Any]) -> None:
     target = Path(path)
     data = json.dumps(signed, indent=2, sort_keys=True, ensure_ascii=False).encode("utf-8")
     atomic_write(target, data + b"\n")
-    fsync_dir(target.parent)
 
 
 def load_record(path: str | Path) -> dict[str, Any]:

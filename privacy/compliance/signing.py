@@ -27,14 +27,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from privacy.files import atomic_write
+from privacy.files import atomic_write, fsync_dir
 
 __all__ = [
     "KEY_FILENAME",
     "PUBLIC_KEY_FILENAME",
     "SigningError",
     "canonical_json",
-    "fsync_dir",
     "key_id",
     "load_or_create_key",
     "parse_public_key",
@@ -64,15 +63,6 @@ def canonical_json(obj: Any) -> bytes:
             f"value is not canonical JSON ({exc}); use str/int/float/bool/list/dict"
         ) from None
     return text.encode("utf-8")
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in `directory` durable (every evidence writer calls it after a replace)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_key(path: Path) -> Ed25519PrivateKey:
@@ -136,7 +126,6 @@ def _publish(directory: Path, key: Ed25519PrivateKey) -> None:
         if path.is_file() and path.read_bytes() == line.encode("ascii"):
             return
         atomic_write(path, line.encode("ascii"))
-        fsync_dir(directory)
     except OSError as exc:
         raise SigningError(
             f"cannot publish the public key as {path} ({exc.strerror or exc}); make the data "

@@ -1,4 +1,4 @@
-"""Who may train, and the signed record of what was trained.
+"""Who may train: the admission gate.
 
 Before round 1 every node answers an admission query: its data manifest (never data) and
 whether its data fits the task. The policy packs check the run and each manifest. A run-level
@@ -9,26 +9,25 @@ they may train. At the end the final model gets an Ed25519-signed provenance rec
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Mapping
 from logging import INFO
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from clients.task import wire
 from privacy.compliance.audit import AuditLog
-from privacy.compliance.manifest import ManifestError, loads_manifest, manifest_sha256
+from privacy.compliance.manifest import Manifest, ManifestError, loads_manifest, manifest_sha256
 from privacy.compliance.policy import run_policy_gate
 from privacy.compliance.policy.errors import PolicyError
 from privacy.compliance.policy.report import PolicyReport
-from privacy.compliance.provenance import ProvenanceError, build_record, sign_record, write_record
-from privacy.compliance.signing import load_or_create_key
 from privacy.files import atomic_write
 from server.run import FederatedRun
+from server.store.records import VerdictRecord
 
 GATE_OFF = "none"
 
@@ -41,26 +40,22 @@ def _first_sentence(text: str) -> str:
     return text.split(". ")[0].rstrip(".")
 
 
+def _rule_line(report: PolicyReport | None, rule: str, node: str | None) -> str:
+    """A rule id, what it checks and the fix (the first sentence of its explanation)."""
+    v = report.find(rule, node) if report else None
+    if v is None:
+        return rule
+    return f"{rule} ({v.title.get('en', '')}): {_first_sentence(v.explain.get('en', ''))}"
+
+
 def exclusion_line(report: PolicyReport | None, node: str, rules: list[str]) -> str:
     """One line per excluded node: id, rule, what it checks, the fix."""
-    parts = []
-    for rule in rules:
-        v = report.find(rule, node) if report else None
-        if v is None:
-            parts.append(rule)
-            continue
-        parts.append(f"{rule} ({v.title.get('en', '')}): {_first_sentence(v.explain.get('en', ''))}")
-    return f"node {node}: " + "; ".join(parts)
+    return f"node {node}: " + "; ".join(_rule_line(report, r, node) for r in rules)
 
 
 def run_block_lines(report: PolicyReport) -> list[str]:
     """The failing run-level rules, each with what it checks and the fix."""
-    lines = []
-    for rule in report.failing_run_rules:
-        v = report.find(rule)
-        detail = f" ({v.title.get('en', '')}): {_first_sentence(v.explain.get('en', ''))}" if v else ""
-        lines.append(f"run: {rule}{detail}")
-    return lines
+    return [f"run: {_rule_line(report, r, None)}" for r in report.failing_run_rules]
 
 
 def request_admission(grid: Grid, node_ids: Iterable[int], timeout: float) -> dict[str, Any]:
@@ -246,52 +241,3 @@ class AdmissionGate:
             path = self.run.run_dir / name
             sha = atomic_write(path, text.encode("utf-8"))
             self.run.store.set_artifact(self.run.run_id, kind, path, sha)
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for dist in ("fedguard", "flwr", "torch", "opacus", "cryptography"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "unknown"
-    return out
-
-
-def write_provenance(run: FederatedRun, gate: AdmissionGate, secagg: Mapping[str, Any],
-                     data_dir: Path) -> Path | None:
-    """Sign the final model's provenance record; None when no round completed."""
-    rounds = run.store.rounds(run.run_id)
-    if not rounds:
-        return None
-    chain = [(r["round"], r["checkpoint_sha256"]) for r in rounds]
-    privacy: dict[str, dict[str, Any]] = {}
-    for row in run.store.node_results(run.run_id, "train"):
-        if row["epsilon"] is None:
-            continue
-        metrics = json.loads(row["metrics"])
-        cur = privacy.get(row["node_id"], {"epsilon": 0.0})
-        if row["epsilon"] >= cur["epsilon"]:
-            privacy[row["node_id"]] = {
-                "epsilon": row["epsilon"], "delta": metrics.get("dp-delta"),
-                "accountant": gate.config.get("dp-accountant", "rdp"),
-            }
-    verdicts = {}
-    if gate.report is not None:
-        verdicts = {"summary": gate.report.summary(), "counts": gate.report.counts,
-                    "report_sha256": gate.report.sha256()}
-    head_file = gate.audit.head_path
-    head = json.loads(head_file.read_text(encoding="utf-8")) if head_file.is_file() else None
-    try:
-        record = build_record(chain[-1][1], chain, gate.manifest_sha, privacy, secagg, verdicts,
-                              _versions(), audit_head=head)
-        signed = sign_record(record, load_or_create_key(data_dir))
-    except ProvenanceError as err:
-        run.event("provenance-failed", str(err))
-        return None
-    path = run.run_dir / "provenance.json"
-    write_record(path, signed)
-    run.store.set_artifact(run.run_id, "provenance", path)
-    run.event("provenance-signed", f"final model {chain[-1][1][:12]} signed",
-              data={"path": str(path)})
-    return path

@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # runs.status
-RUNNING, COMPLETED, FAILED, STOPPED, BLOCKED = "running", "completed", "failed", "stopped", "blocked"
-RUN_STATUSES = (RUNNING, COMPLETED, FAILED, STOPPED, BLOCKED)
+RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
+STOPPED, BLOCKED, LOST = "stopped", "blocked", "lost"
+RUN_STATUSES = (RUNNING, COMPLETED, FAILED, STOPPED, BLOCKED, LOST)
 # node_results.status
 OK, REFUSED, NODE_FAILED, REJECTED, EXCLUDED, DROPPED = (
     "ok", "refused", "failed", "rejected", "excluded", "dropped")

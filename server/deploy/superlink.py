@@ -7,123 +7,18 @@ whoever starts a process here also stops it, including the Ray workers a simulat
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-VENV_BIN = Path(sys.executable).parent
+from privacy.processes import LaunchError, Process, flower_env, free_port, tool
 
-
-class LaunchError(RuntimeError):
-    """A Flower process could not be started or answered badly; one line with the fix."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def flwr_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for Flower commands: our venv first, local FLWR_HOME, no runtime installs."""
-    env = dict(os.environ)
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["FLWR_HOME"] = str(flwr_home)
-    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
-    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
-    env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("RAY_DEDUP_LOGS", "0")
-    env.update(extra or {})
-    return env
-
-
-def _tool(name: str) -> str:
-    path = VENV_BIN / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    if not found:
-        raise LaunchError(f"`{name}` not found; install the project first (make install)")
-    return found
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
-            raise LaunchError(
-                f"{Path(proc.args[0]).name} exited with code {proc.returncode}: "
-                f"{' | '.join(tail)[-400:]} (log: {log})"
-            )
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise LaunchError(f"port {port} did not open within {timeout:.0f}s (log: {log})")
-
-
-def descendants(pid: int) -> list[int]:
-    """All processes below `pid` (Linux /proc), gathered before a kill orphans them.
-
-    Ray starts agents in their own process groups, so killing our group alone leaves them running.
-    """
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def kill_tree(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
-    """Send `sig` to a process, its group and every descendant (a crash, for fault tests)."""
-    pids = descendants(proc.pid)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-def stop_process_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """SIGTERM the whole tree, then SIGKILL what survives (Ray agents ignore SIGTERM)."""
-    tree = descendants(proc.pid)
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    for pid in tree + descendants(proc.pid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace)
-
+__all__ = ["LaunchError", "SuperLink", "TLSFiles", "free_port"]
+FLWR_LS_EVERY_S = 20.0  # `flwr ls` costs ~1.35 CPU-seconds: ask Flower rarely
 
 @dataclass
 class TLSFiles:
@@ -142,7 +37,7 @@ class SuperLink:
     supernode_auth: bool = False
     extra_args: Sequence[str] = ()
     port: int = field(default_factory=free_port)  # flwr 1.41 serves Control, Fleet and Runtime here
-    proc: subprocess.Popen[bytes] | None = None
+    process: Process | None = None
 
     @property
     def address(self) -> str:
@@ -160,7 +55,7 @@ class SuperLink:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         cmd = [
-            _tool("flower-superlink"),
+            tool("flower-superlink"),
             "--host",
             "127.0.0.1",
             "--port",
@@ -187,18 +82,9 @@ class SuperLink:
         if self.supernode_auth:
             cmd.append("--enable-supernode-auth")
         cmd += list(self.extra_args)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=flwr_env(self.flwr_home),
-            cwd=self.workdir,
-            start_new_session=True,
-        )
-        log.close()
+        self.process = Process(cmd, self.log_path, flower_env(self.flwr_home), self.workdir).start()
         try:
-            _wait_port(self.port, self.proc, self.log_path, timeout)
+            self.process.wait_port(self.port, timeout)
         except LaunchError:
             self.stop()
             raise
@@ -216,15 +102,16 @@ class SuperLink:
         (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop_process_group(self.proc)
+        if self.process is not None:
+            self.process.stop()
 
     def kill(self) -> None:
         """SIGKILL the SuperLink and everything it started: a server crash."""
-        if self.proc is not None:
-            kill_tree(self.proc)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=10)
+        if self.process is not None:
+            self.process.kill()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive()
 
     def __enter__(self) -> SuperLink:
         return self.start()
@@ -235,10 +122,10 @@ class SuperLink:
     # --- the flwr CLI against this SuperLink ------------------------------------------------
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [_tool("flwr"), *args],
+            [tool("flwr"), *args],
             capture_output=True,
             text=True,
-            env=flwr_env(self.flwr_home),
+            env=flower_env(self.flwr_home),
             timeout=timeout,
         )
 
@@ -249,6 +136,7 @@ class SuperLink:
         federation_config: Mapping[str, Any] | None = None,
     ) -> int:
         """`flwr run APP fedguard --format json`; returns the Flower run id."""
+        check_declared(app_dir, run_config)
         args = ["run", str(app_dir), "fedguard", "--format", "json"]
         if not self.simulation:  # the coordinator's facts the ServerApp cannot observe itself
             run_config = {"tls": self.tls is not None, "node-auth": self.supernode_auth,
@@ -276,14 +164,22 @@ class SuperLink:
                 return str(run.get("status", "unknown"))
         return "unknown"
 
-    def wait_finished(self, run_id: int, timeout: float, poll: float = 1.0) -> str:
+    def wait_finished(self, run_id: int, timeout: float,
+                      ended: Callable[[], bool] | None = None) -> str:
+        """Flower's final status of a run. `ended()` (e.g. "the run store says the run is
+        over") is polled cheaply every 0.25 s; Flower itself is asked only every
+        FLWR_LS_EVERY_S seconds, and as soon as `ended()` turns true."""
         deadline = time.monotonic() + timeout
-        status = "unknown"
+        status, next_ask = "unknown", 0.0
         while time.monotonic() < deadline:
-            status = self.run_status(run_id)
-            if status.startswith("finished"):
-                return status
-            time.sleep(poll)
+            now = time.monotonic()
+            done = ended() if ended is not None else False
+            if done or now >= next_ask:
+                status = self.run_status(run_id)
+                if status.startswith("finished"):
+                    return status
+                next_ask = now + (2.0 if done else FLWR_LS_EVERY_S if ended else 5.0)
+            time.sleep(0.25)
         return status
 
     def register_node(self, public_key: Path) -> None:
@@ -295,6 +191,23 @@ class SuperLink:
 
     def stop_run(self, run_id: int) -> None:
         self.flwr("stop", str(run_id), "fedguard", timeout=60)
+
+
+def check_declared(app_dir: Path, run_config: Mapping[str, Any]) -> None:
+    """Flower silently drops run-config overrides the app does not declare: refuse them."""
+    import tomllib
+
+    try:
+        data = tomllib.loads((Path(app_dir) / "pyproject.toml").read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise LaunchError(f"{app_dir}/pyproject.toml cannot be read ({err}); give a Flower app "
+                          "directory") from None
+    declared = set(data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
+    unknown = sorted(set(run_config) - declared)
+    if unknown:
+        raise LaunchError(f"run config key {unknown[0]!r} is not declared in {app_dir}/"
+                          "pyproject.toml [tool.flwr.app.config]; add it there (Flower ignores "
+                          "undeclared keys)")
 
 
 def _toml(value: Any) -> str:
@@ -315,3 +228,16 @@ def _last_json(text: str) -> dict[str, Any] | None:
         except json.JSONDecodeError:
             start = text.find("{", start + 1)
     return None
+
+
+def parse_value(raw: str) -> Any:
+    """A `--set key=value` value as TOML would read it: bool, int, float, else a string."""
+    low = raw.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw.strip("'\"")

@@ -1,0 +1,1 @@
+"""Running a real federation: the SuperLink process, the flwr CLI, `fedguard-server`."""

@@ -1,0 +1,126 @@
+"""One whole run on the server, as plain Python over a Grid: settings, store, gate, rounds,
+provenance. The ServerApp is a thin shell over `drive_run`, so tests can call it directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping
+from logging import ERROR, INFO
+from pathlib import Path
+from typing import Any
+
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from clients.task.contract import TaskContext, TaskError
+from clients.task.loading import find_app_dir, load_task
+from clients.task.run_config import ConfigError, RunConfig
+from privacy.compliance.audit import AuditError, AuditLog
+from privacy.compliance.signing import load_or_create_key, public_key_b64
+from server.compliance.gate import AdmissionGate, GateFailed
+from server.compliance.policy_view import policy_config
+from server.compliance.provenance import write_provenance
+from server.rounds.loop import run_rounds
+from server.rounds.plain import PlainRounds
+from server.rounds.replies import ReplySorter, RunStopped
+from server.rounds.secure import SecureRounds
+from server.run import FederatedRun
+from server.store.records import BLOCKED, COMPLETED, FAILED, STOPPED
+from server.store.store import RunStore, StoreError, default_data_dir
+
+
+class RunRefused(Exception):
+    """The run cannot even start (bad config or task); one line, logged by the ServerApp."""
+
+
+def _say(message: str) -> None:
+    log(INFO, "fedguard: %s", message)
+
+
+def check_task_for_run(run: FederatedRun, cfg: RunConfig) -> None:
+    """Before round 1: the task builds its model, and under DP Opacus can privatise it."""
+    if cfg.dp:
+        from clients.training.privacy import check_private_model
+
+        check_private_model(run.task.build_model(run.ctx))
+
+
+def drive_run(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int,
+              mode: str) -> str:
+    """Run (or resume) one federated run; returns its final status."""
+    try:
+        cfg = RunConfig.parse(run_config)
+        data_dir = default_data_dir(cfg.data_dir)
+        store = RunStore.in_dir(data_dir)
+        ctx = TaskContext(dict(run_config), {}, cfg.seed, find_app_dir())
+        task = load_task(cfg.task, ctx)
+    except (ConfigError, TaskError, StoreError) as err:
+        raise RunRefused(str(err)) from None
+    full_config = {**cfg.to_mapping(), **dict(run_config), "mode": mode}
+    run_id = cfg.resume or str(flower_run_id)
+    try:
+        if cfg.resume:
+            done = store.resume_run(cfg.resume, str(flower_run_id))
+        else:
+            done = 0
+            store.start_run(run_id, full_config, cfg.num_server_rounds, str(flower_run_id),
+                            headline=task.headline)
+        run = FederatedRun(store, run_id, data_dir, task, ctx, round_offset=done)
+        key = load_or_create_key(data_dir)
+        run.audit = AuditLog(run.run_dir / "audit.jsonl", key=key)
+    except (StoreError, TaskError, AuditError) as err:
+        raise RunRefused(str(err)) from None
+    store.set_artifact(run.run_id, "audit-log", run.audit.path)
+    if cfg.resume:
+        run.event("run-resumed", f"resumed after round {done} by Flower run {flower_run_id}")
+    else:
+        run.event("run-started", f"run {run.run_id} started ({mode}, task {cfg.task})",
+                  data={"data_dir": str(data_dir), "signing_key": public_key_b64(key),
+                        "config": json.loads(json.dumps(full_config, default=str))})
+    if mode == "deployment" and not (cfg.tls and cfg.node_auth):
+        run.event("insecure-transport", "this deployment declares no TLS and/or no node "
+                  "authentication (tls / node-auth run config)")
+    _say(f"run {run.run_id}, store {store.path}")
+    gate = AdmissionGate(run, policy_config(run_config, mode), data_dir, run.audit,
+                         timeout=cfg.round_timeout, min_nodes=cfg.min_nodes, mode=mode)
+    secagg_facts = {"enabled": cfg.secagg, **cfg.secagg_options} if cfg.secagg else {
+        "enabled": False}
+    try:
+        check_task_for_run(run, cfg)
+        gate.check_run()
+        remaining = cfg.num_server_rounds - run.round_offset
+        if remaining > 0:
+            gate.open(grid, cfg.node_wait_timeout)
+            sorter = ReplySorter(run)
+            with_eval = cfg.federated_evaluation and not cfg.dp
+            rounds = (SecureRounds(run, cfg, sorter, gate.metric_names or [], with_eval)
+                      if cfg.secagg else PlainRounds(run, cfg, sorter))
+            run_rounds(grid, run, cfg, rounds, lambda ids: gate.admit(grid, ids), remaining,
+                       _say)
+    except (GateFailed, TaskError) as blocked:
+        store.finish_run(run.run_id, BLOCKED, str(blocked))
+        run.event("run-blocked", f"not started: {blocked}")
+        log(ERROR, "fedguard: run %s blocked: %s", run.run_id, blocked)
+        return BLOCKED
+    except RunStopped as stop:
+        store.finish_run(run.run_id, STOPPED, str(stop))
+        run.event("run-stopped", str(stop))
+        write_provenance(run, gate, secagg_facts, data_dir)
+        log(ERROR, "fedguard: run %s stopped: %s", run.run_id, stop)
+        return STOPPED
+    except Exception as err:
+        store.finish_run(run.run_id, FAILED, f"{type(err).__name__}: {err}")
+        with contextlib.suppress(AuditError):  # the audit log may be what failed
+            run.event("run-failed", f"{type(err).__name__}: {err}")
+        raise
+    path = write_provenance(run, gate, secagg_facts, data_dir)
+    store.finish_run(run.run_id, COMPLETED)
+    run.event("run-completed", f"run {run.run_id} completed after {cfg.num_server_rounds} "
+              "rounds", data={"provenance": str(path) if path else None})
+    return COMPLETED
+
+
+def data_dir_of(run_config: Mapping[str, Any]) -> Path:
+    return default_data_dir(str(run_config.get("data-dir", "") or ""))

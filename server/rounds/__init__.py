@@ -1,0 +1,1 @@
+"""How a round runs: sampling, the train exchange (plain or secure), reply sorting, checks."""
