@@ -22,13 +22,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.local_update import local_train
-from clients.task import TaskConfig, new_model
-from server.run import FederatedRun
+from clients.training.node import NodeRuntime
+from server.rounds.plain import PlainRounds
+from server.rounds.replies import ReplySorter
 from server.store import RunStore
-from server.strategy import build_strategy
 from tests.conftest import ROOT
 from tests.helpers.grids import InProcessGrid
+from tests.helpers.rounds import make_run, node_train
 
 APP_DIR = ROOT / "scripts" / "attack_app"
 sys.path.insert(0, str(APP_DIR))
@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import attack  # noqa: E402  (scripts/attack.py)
 import attack_client  # noqa: E402  (scripts/attack_app/attack_client.py)
 
-BASE = {"local-epochs": 1, "batch-size": 32, "lr": 0.1, "attack-fraction": 0.2}
+BASE = {"local-epochs": 1, "batch-size": 32, "lr": 0.1, "attack-fraction": 0.2, "min-nodes": 2,
+        "federated-evaluation": False}
 
 
 @pytest.fixture(autouse=True)
@@ -55,21 +56,16 @@ class AttackGrid(InProcessGrid):
 
 
 def one_round(tmp_path: Path, aggregation: str, n: int, run_config: Mapping[str, Any],
-              **strategy_kwargs: Any) -> tuple[ArrayRecord, ArrayRecord | None, RunStore,
-                                               AttackGrid]:
-    cfg = {**BASE, **run_config}
-    task = TaskConfig.from_run_config(cfg)
-    store = RunStore.in_dir(tmp_path / aggregation)
-    store.start_run("r", cfg, 1)
-    run = FederatedRun(store, "r", tmp_path / aggregation, task)
-    strategy = build_strategy(aggregation, run, fraction_train=1.0, fraction_evaluate=0.0,
-                              min_train_nodes=2, min_available_nodes=n, min_evaluate_nodes=0,
-                              **strategy_kwargs)
-    arrays = ArrayRecord(new_model(task).state_dict())
+              **settings: Any) -> tuple[ArrayRecord, ArrayRecord | None, RunStore, AttackGrid]:
+    cfg = {**BASE, **run_config, "aggregation": aggregation,
+           **{k.replace("_", "-"): v for k, v in settings.items()}}
+    run, rc = make_run(tmp_path / aggregation, cfg)
+    arrays = ArrayRecord(run.initial_state())
     grid = AttackGrid(n, cfg)
-    replies = grid.send_and_receive(strategy.configure_train(1, arrays, ConfigRecord(), grid))
-    new, _ = strategy.aggregate_train(1, replies)
-    return arrays, new, store, grid
+    run.begin_round(1)
+    new = PlainRounds(run, rc, ReplySorter(run)).train(grid, 1, arrays, grid.ids,
+                                                        ConfigRecord({"server-round": 1}))
+    return arrays, new, run.store, grid
 
 
 def as_vector(state: Mapping[str, Any]) -> np.ndarray:
@@ -78,9 +74,9 @@ def as_vector(state: Mapping[str, Any]) -> np.ndarray:
 
 def honest_mean(grid: AttackGrid, arrays: ArrayRecord, honest: list[int]) -> np.ndarray:
     """Sample-weighted mean of what the honest nodes send (fedguard's real local_train)."""
-    task = TaskConfig.from_run_config(next(iter(grid.contexts.values())).run_config)
+    cfg = next(iter(grid.contexts.values())).run_config
     state = arrays.to_torch_state_dict()
-    outs = [local_train(task, grid.contexts[grid.ids[i]].node_config, state, 1) for i in honest]
+    outs = [node_train(cfg, grid.contexts[grid.ids[i]].node_config, state, 1) for i in honest]
     total = sum(o.metrics["num-examples"] for o in outs)
     return sum(as_vector(o.state) * o.metrics["num-examples"] for o in outs) / total
 
@@ -101,11 +97,10 @@ def test_who_is_malicious() -> None:
 
 @pytest.mark.parametrize("kind,scale", [("sign-flip", 4.0), ("scaled", 10.0)])
 def test_sign_flip_and_scaled_updates_are_exact(kind: str, scale: float) -> None:
-    task = TaskConfig.from_run_config(BASE)
-    node = {"partition-id": 0, "num-partitions": 5}
-    glob = new_model(task).state_dict()
-    honest = local_train(task, node, glob, 1).state
-    poisoned = attack_client.poisoned_update(kind, scale, task, node, glob, honest, 1)
+    runtime = NodeRuntime(BASE, {"partition-id": 0, "num-partitions": 5}, 1)
+    glob = runtime.task.build_model(runtime.ctx).state_dict()
+    honest = runtime.train(glob, 1, False).state
+    poisoned = attack_client.poisoned_update(kind, scale, runtime, glob, honest, 1)
     sign = -1.0 if kind == "sign-flip" else 1.0
     for key, g in glob.items():
         want = g + sign * scale * (honest[key] - g)
@@ -113,31 +108,28 @@ def test_sign_flip_and_scaled_updates_are_exact(kind: str, scale: float) -> None
 
 
 def test_nan_and_label_flip_updates() -> None:
-    task = TaskConfig.from_run_config({**BASE, "local-epochs": 5})
-    node = {"partition-id": 1, "num-partitions": 5}
-    glob = new_model(task).state_dict()
-    honest = local_train(task, node, glob, 1).state
-    nan = attack_client.poisoned_update("nan", 1.0, task, node, glob, honest, 1)
+    runtime = NodeRuntime({**BASE, "local-epochs": 5}, {"partition-id": 1, "num-partitions": 5},
+                          1)
+    glob = runtime.task.build_model(runtime.ctx).state_dict()
+    honest = runtime.train(glob, 1, False).state
+    nan = attack_client.poisoned_update("nan", 1.0, runtime, glob, honest, 1)
     assert all(torch.isnan(v).all() for v in nan.values() if torch.is_floating_point(v))
-    flipped = attack_client.poisoned_update("label-flip", 1.0, task, node, glob, honest, 1)
+    flipped = attack_client.poisoned_update("label-flip", 1.0, runtime, glob, honest, 1)
     # The label-flipped model learned y -> y + 1: it predicts the shifted label on its data.
-    from clients.local_update import node_data
-
-    data = node_data(task, node)
-    model = new_model(task)
-    model.load_state_dict(flipped)
+    x, y = runtime.data.train.tensors
+    model = runtime.model(flipped)
     with torch.no_grad():
-        pred = model(torch.as_tensor(data.x)).argmax(1).numpy()
-    shifted = (data.y + 1) % task.spec.num_classes
-    assert (pred == shifted).mean() > 0.5 > (pred == data.y).mean()
+        pred = model(x).argmax(1).numpy()
+    shifted = (y.numpy() + 1) % 10
+    assert (pred == shifted).mean() > 0.5 > (pred == y.numpy()).mean()
 
 
 @pytest.mark.parametrize("kind", ["sign-flip", "scaled", "label-flip", "nan"])
 def test_malicious_reply_looks_like_an_honest_one(kind: str) -> None:
     """Same records and metrics as the real ClientApp's reply; only the weights differ."""
     grid = AttackGrid(5, {**BASE, "attack-kind": kind})
-    task = TaskConfig.from_run_config(BASE)
-    arrays = ArrayRecord(new_model(task).state_dict())
+    runtime = NodeRuntime(BASE, grid.contexts[grid.ids[0]].node_config, 1)
+    arrays = ArrayRecord(runtime.task.build_model(runtime.ctx).state_dict())
     msgs = [Message(RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 1})}),
                     dst_node_id=nid, message_type="train") for nid in grid.ids[:2]]
     bad, good = grid.send_and_receive(msgs)
@@ -145,8 +137,8 @@ def test_malicious_reply_looks_like_an_honest_one(kind: str) -> None:
     assert set(bad.content.keys()) == set(good.content.keys())
     bad_m, good_m = dict(bad.content["metrics"]), dict(good.content["metrics"])
     assert bad_m.keys() == good_m.keys()
-    honest_bad = local_train(task, grid.contexts[grid.ids[0]].node_config,
-                             arrays.to_torch_state_dict(), 1)
+    honest_bad = node_train(BASE, grid.contexts[grid.ids[0]].node_config,
+                            arrays.to_torch_state_dict(), 1)
     assert bad_m["num-examples"] == honest_bad.metrics["num-examples"]
     assert bad.content["arrays"].keys() == arrays.keys()
     sent = as_vector({k: v.numpy() for k, v in bad.content["arrays"].items()})
@@ -188,9 +180,11 @@ def test_run_configs_fit_each_aggregator() -> None:
 
 @pytest.mark.parametrize("aggregation", ["fedavg", "median", "krum"])
 def test_nan_updates_are_rejected_and_recorded(tmp_path: Path, aggregation: str) -> None:
-    arrays, new, store, grid = one_round(tmp_path, aggregation, 5,
-                                         {"attack-kind": "nan", "aggregation": aggregation},
-                                         num_malicious=1)
+    # Krum needs 2f + 3 = 5 usable updates after the attacker's is rejected.
+    n, need = (6, 5) if aggregation == "krum" else (5, 2)
+    arrays, new, store, grid = one_round(tmp_path, aggregation, n,
+                                         {"attack-kind": "nan", "attack-fraction": 1 / n},
+                                         aggregation_malicious=1, min_nodes=need)
     assert new is not None
     assert np.isfinite(as_vector({k: v.numpy() for k, v in new.items()})).all()
     rows = {r["node_id"]: r for r in store.node_results("r", "train")}
@@ -213,9 +207,8 @@ def test_median_bounds_a_sign_flip_attacker_fedavg_does_not(tmp_path: Path) -> N
         shift[agg] = np.linalg.norm(out[agg] - as_vector({k: v.numpy()
                                                           for k, v in clean.items()}))
     state = arrays.to_torch_state_dict()
-    task = TaskConfig.from_run_config({**BASE, **cfg})
-    honest = np.stack([as_vector(local_train(task, grid.contexts[nid].node_config, state, 1)
-                                 .state) for nid in grid.ids[1:]])
+    honest = np.stack([as_vector(node_train({**BASE, **cfg}, grid.contexts[nid].node_config,
+                                            state, 1).state) for nid in grid.ids[1:]])
     lo, hi = honest.min(axis=0) - 1e-6, honest.max(axis=0) + 1e-6
     outside = {agg: float(((v < lo) | (v > hi)).mean()) for agg, v in out.items()}
     # One of five nodes sends -10x its update. Every coordinate of the median stays within

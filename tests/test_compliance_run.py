@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.__main__ import main as node_main
+from clients.node.cli import main as node_main
 from tests.conftest import ROOT, run_simulation
 
 pytestmark = pytest.mark.slow

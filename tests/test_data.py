@@ -1,22 +1,26 @@
-"""Bundled datasets, partitioners and node data files."""
+"""Bundled datasets, partitioners, node data files and the bundled tasks' own settings."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 import pytest
 
-from clients.data import (
-    DataError,
-    dataset_spec,
-    load_builtin,
-    load_node_file,
-    partition_dirichlet,
-    partition_iid,
-    train_test_split,
-)
-from clients.task import ConfigError, TaskConfig, load_node_data, load_server_testset
+from clients.task import ConfigError, DataError, RunConfig, TaskContext, TaskError, load_task
+from clients.tasks.datasets import load_digits, train_test_split
+from clients.tasks.files import read_numeric_file
+from clients.tasks.partition import partition_dirichlet, partition_iid
 
-DIGITS = dataset_spec("digits")
+DIGITS_TASK = "clients.tasks.digits:task"
+load_node_file = read_numeric_file
+DIGITS = {"num_features": 64, "num_classes": 10}
+BREAST = {"num_features": 30, "num_classes": 2}
+
+
+def _node_xy(ctx: TaskContext) -> np.ndarray:
+    data = load_task(DIGITS_TASK, ctx).node_data(ctx).train
+    return np.stack([data[i][0].numpy() for i in range(len(data))])
 
 
 def test_iid_partitions_cover_everything_once_with_equal_sizes() -> None:
@@ -28,7 +32,7 @@ def test_iid_partitions_cover_everything_once_with_equal_sizes() -> None:
 
 
 def test_partitioners_are_deterministic_for_a_seed() -> None:
-    labels = load_builtin("digits").y
+    labels = load_digits().y
     a = partition_dirichlet(labels, 10, 0.5, seed=3)
     b = partition_dirichlet(labels, 10, 0.5, seed=3)
     c = partition_dirichlet(labels, 10, 0.5, seed=4)
@@ -41,7 +45,7 @@ def test_partitioners_are_deterministic_for_a_seed() -> None:
 
 
 def test_dirichlet_is_label_skewed_and_disjoint() -> None:
-    labels = load_builtin("digits").y
+    labels = load_digits().y
     parts = partition_dirichlet(labels, 10, 0.1, seed=0)
     allidx = np.concatenate(parts)
     assert len(allidx) == len(labels) == len(set(allidx.tolist()))
@@ -65,22 +69,24 @@ def test_dirichlet_rejects_bad_alpha_and_too_many_nodes() -> None:
 
 
 def test_server_split_is_fixed_stratified_and_disjoint_from_nodes() -> None:
-    task = TaskConfig()
-    test = load_server_testset(task)
-    assert np.array_equal(test.x, load_server_testset(task).x)
-    full = load_builtin("digits")
+    ctx = TaskContext({}, {}, 42)
+    task = load_task(DIGITS_TASK, ctx)
+    test = task.evaluation_set(ctx)
+    test_x = test.tensors[0].numpy()
+    assert np.array_equal(test_x, task.evaluation_set(ctx).tensors[0].numpy())
+    full = load_digits()
     assert abs(len(test) / len(full) - 0.2) < 0.01
-    assert set(np.unique(test.y)) == set(range(10))
-    node_rows = np.concatenate(
-        [load_node_data(task, {"partition-id": i, "num-partitions": 4}).x for i in range(4)]
-    )
+    assert set(np.unique(test.tensors[1].numpy())) == set(range(10))
+    node_rows = np.concatenate([
+        _node_xy(TaskContext({}, {"partition-id": i, "num-partitions": 4}, 42)) for i in range(4)
+    ])
     assert len(node_rows) + len(test) == len(full)
-    test_keys = {r.tobytes() for r in test.x}
+    test_keys = {r.tobytes() for r in test_x}
     overlap = sum(r.tobytes() in test_keys for r in node_rows)
     # digits has a few exact duplicate images; a leak would show hundreds.
     assert overlap < 10
-    _, test2 = train_test_split(full, 0.2, seed=task.seed + 1)
-    assert not np.array_equal(test.y, test2.y)
+    _, test2 = train_test_split(full, 0.2, seed=43)
+    assert not np.array_equal(test.tensors[1].numpy(), test2.y)
 
 
 def _csv(tmp_path, text: str):
@@ -90,10 +96,10 @@ def _csv(tmp_path, text: str):
 
 
 def test_node_csv_loads(tmp_path) -> None:
-    spec = dataset_spec("breast-cancer")
+    spec = BREAST
     header = ",".join([f"f{i}" for i in range(30)] + ["label"])
     rows = [",".join(["0.5"] * 30 + [str(i % 2)]) for i in range(5)]
-    data = load_node_file(_csv(tmp_path, "\n".join([header, *rows])), spec)
+    data = load_node_file(_csv(tmp_path, "\n".join([header, *rows])), **spec)
     assert data.x.shape == (5, 30) and data.x.dtype == np.float32
     assert data.y.tolist() == [0, 1, 0, 1, 0]
 
@@ -116,7 +122,7 @@ def test_node_csv_loads(tmp_path) -> None:
 )
 def test_node_csv_errors_are_one_line_and_name_the_fix(tmp_path, content, needle) -> None:
     with pytest.raises(DataError) as info:
-        load_node_file(_csv(tmp_path, content), DIGITS)
+        load_node_file(_csv(tmp_path, content), **DIGITS)
     msg = str(info.value)
     assert needle in msg
     assert "\n" not in msg and "data-path" in msg
@@ -124,35 +130,55 @@ def test_node_csv_errors_are_one_line_and_name_the_fix(tmp_path, content, needle
 
 def test_node_file_missing_and_wrong_type(tmp_path) -> None:
     with pytest.raises(DataError, match="file not found"):
-        load_node_file(tmp_path / "nope.csv", DIGITS)
+        load_node_file(tmp_path / "nope.csv", **DIGITS)
     (tmp_path / "x.parquet").write_bytes(b"x")
     with pytest.raises(DataError, match="use a .csv or .npz"):
-        load_node_file(tmp_path / "x.parquet", DIGITS)
+        load_node_file(tmp_path / "x.parquet", **DIGITS)
 
 
 def test_node_npz(tmp_path) -> None:
     good = tmp_path / "good.npz"
     np.savez(good, x=np.zeros((4, 1, 8, 8)), y=np.array([0, 1, 2, 9]))
-    assert load_node_file(good, DIGITS).x.shape == (4, 64)
+    assert load_node_file(good, **DIGITS).x.shape == (4, 64)
     missing = tmp_path / "missing.npz"
     np.savez(missing, features=np.zeros((4, 64)))
     with pytest.raises(DataError, match="needs arrays 'x' and 'y'"):
-        load_node_file(missing, DIGITS)
+        load_node_file(missing, **DIGITS)
     mismatch = tmp_path / "mismatch.npz"
     np.savez(mismatch, x=np.zeros((4, 64)), y=np.zeros(3))
     with pytest.raises(DataError, match="one label per row"):
-        load_node_file(mismatch, DIGITS)
+        load_node_file(mismatch, **DIGITS)
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a readable NPZ"):
-        load_node_file(garbage, DIGITS)
+        load_node_file(garbage, **DIGITS)
 
 
-def test_task_config_errors_name_key_and_fix() -> None:
-    with pytest.raises(ConfigError, match="model='cnn' needs images"):
-        TaskConfig.from_run_config({"model": "cnn", "dataset": "breast-cancer"})
+def test_bundled_task_settings_errors_name_key_and_fix() -> None:
+    def node(**cfg: object) -> None:
+        ctx = TaskContext(cfg, {"partition-id": 0, "num-partitions": 2}, 42)
+        load_task(cfg.get("task", DIGITS_TASK), ctx).node_data(ctx)  # type: ignore[arg-type]
+
+    with pytest.raises(TaskError, match="model='cnn' needs images"):
+        ctx = TaskContext({"model": "cnn"}, {}, 42)
+        load_task("clients.tasks.breast_cancer:task", ctx).build_model(ctx)
+    with pytest.raises(TaskError, match="model='rnn'"):
+        node(model="rnn")
+    with pytest.raises(TaskError, match="partition='zipf'"):
+        node(partition="zipf")
+    with pytest.raises(TaskError, match="dirichlet-alpha"):
+        node(**{"dirichlet-alpha": "lots"})
+    with pytest.raises(DataError, match="partition-id=5"):
+        ctx = TaskContext({}, {"partition-id": 5, "num-partitions": 2}, 42)
+        load_task(DIGITS_TASK, ctx).node_data(ctx)
+
+
+def test_run_config_errors_name_key_and_fix() -> None:
     with pytest.raises(ConfigError, match="lr="):
-        TaskConfig.from_run_config({"lr": "fast"})
-    with pytest.raises(ConfigError, match="dataset="):
-        TaskConfig.from_run_config({"dataset": "mnist"})
-    assert TaskConfig.from_run_config({"lr": 1}).lr == 1.0
+        RunConfig.parse({"lr": "fast"})
+    with pytest.raises(ConfigError, match="aggregation='mean'"):
+        RunConfig.parse({"aggregation": "mean"})
+    with pytest.raises(ConfigError, match="min-nodes=0: must be >= 1"):
+        RunConfig.parse({"min-nodes": 0})
+    assert RunConfig.parse({"lr": 1}).lr == 1.0
+    assert partial(RunConfig.parse, {"dp-accountant": "RDP"})().dp_accountant == "rdp"

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from clients.__main__ import main as node_main
+from clients.node.cli import main as node_main
 from privacy.dp.accounting import epsilon
 from privacy.dp.ledger import PrivacyLedger
 from tests.conftest import rows_by, run_simulation

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.server.deploy.superlink.linkstate.utils import (
+from flwr.server.superlink.linkstate.utils import (
     create_message_error_unavailable_res_message,
 )
 from flwr.supercore.task_identity import TaskIdentity

@@ -17,6 +17,7 @@ import io
 import math
 import zipfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +29,32 @@ from hypothesis import strategies as st
 
 from assistant.answering import Answer, AskError, Assistant
 from assistant.knowledge_base import KBError, load_kb, parse_entries
-from clients.data import DataError, Split, dataset_spec, load_node_file
-from clients.task import ConfigError, TaskConfig
-from privacy.dp.dp_sgd import DPConfigError, DPSGDConfig
-from server.config import ServerConfig
+from clients.task import ConfigError, DataError, RunConfig, TaskContext, TaskError, load_task
+from clients.tasks.datasets import Split
+from clients.tasks.files import read_numeric_file
 
 FUZZ = settings(database=None, deadline=None, max_examples=150,
                 suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(database=None, deadline=None, max_examples=40,
                suppress_health_check=[HealthCheck.too_slow])
-SPECS = [dataset_spec("digits"), dataset_spec("breast-cancer")]
+@dataclass(frozen=True)
+class Spec:
+    num_features: int
+    num_classes: int
+
+
+SPECS = [Spec(64, 10), Spec(30, 2)]
+
+
+def load_node_file(path: Path, spec: Spec) -> Split:
+    return read_numeric_file(path, spec.num_features, spec.num_classes)
+
+
+def bundled_settings(cfg: dict[str, Any]) -> Any:
+    """The bundled digits task's own keys, read the way a node reads them."""
+    ctx = TaskContext(cfg, {"partition-id": 0, "num-partitions": 2}, 42)
+    return load_task("clients.tasks.digits:task", ctx).node_data(ctx)
+
 TODAY = dt.date(2026, 11, 24)
 
 
@@ -206,18 +223,17 @@ ANY_VALUE = st.one_of(
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
 RUN_KEYS = [
-    "num-server-rounds", "fraction-train", "fraction-evaluate", "min-nodes", "local-epochs",
+    "num-server-rounds", "fraction-train", "federated-evaluation", "min-nodes", "local-epochs",
     "lr", "batch-size", "model", "dataset", "partition", "dirichlet-alpha", "test-fraction",
     "seed", "data-dir", "resume", "dp", "dp-epsilon", "dp-delta", "dp-max-grad-norm",
     "dp-accountant", "dp-grad-mode", "dp-secure-mode", "aggregation", "aggregation-malicious",
     "trim-beta", "update-norm-bound", "round-timeout", "central-dp", "central-dp-epsilon",
     "central-dp-clip", "secagg", "secagg-neighbours", "secagg-threshold", "secagg-clip-range",
-    "secagg-quant-bits", "secagg-max-weight",
+    "secagg-quant-bits", "secagg-max-weight", "node-wait-timeout", "task", "device",
 ]
 PARSERS: list[tuple[Callable[[dict[str, Any]], Any], type[Exception]]] = [
-    (TaskConfig.from_run_config, ConfigError),
-    (ServerConfig.from_run_config, ConfigError),
-    (DPSGDConfig.from_run_config, DPConfigError),
+    (RunConfig.parse, ConfigError),
+    (bundled_settings, TaskError),
 ]
 run_configs = st.dictionaries(st.one_of(st.sampled_from(RUN_KEYS), st.text(max_size=10)),
                               ANY_VALUE, max_size=8)
@@ -259,25 +275,24 @@ def test_run_config_refuses_non_finite_numbers(key: str, value: float) -> None:
     """Found by fuzzing: a NaN timeout or norm bound used to be accepted and silently disable
     the check (every comparison with NaN is False)."""
     cfg = {key: value, "central-dp": key.startswith("central"), "secagg": key.startswith("secagg")}
+    if key == "dirichlet-alpha":
+        with pytest.raises(TaskError, match=key):
+            bundled_settings(cfg)
+        return
     with pytest.raises(ConfigError, match=key):
-        ServerConfig.from_run_config(cfg)
+        RunConfig.parse(cfg)
 
 
 @FUZZ
 @given(cfg=run_configs)
 def test_returned_configs_satisfy_their_rules(cfg: dict[str, Any]) -> None:
-    task = parse_or_error(TaskConfig.from_run_config, ConfigError, cfg)
-    if task is not None:
-        assert task.local_epochs >= 1 and task.batch_size >= 1 and 0 < task.lr < 10
-        assert 0 < task.test_fraction < 1
-    dp = parse_or_error(DPSGDConfig.from_run_config, DPConfigError, cfg)
-    if dp is not None:
-        assert math.isfinite(dp.target_epsilon) and dp.target_epsilon > 0
-        assert 0 < dp.delta < 1 and math.isfinite(dp.max_grad_norm) and dp.max_grad_norm > 0
-    sc = parse_or_error(ServerConfig.from_run_config, ConfigError, cfg)
+    sc = parse_or_error(RunConfig.parse, ConfigError, cfg)
     if sc is not None:
-        assert sc.num_rounds >= 1 and sc.min_nodes >= 1 and 0 < sc.fraction_train <= 1
-        assert 0 <= sc.trim_beta < 0.5 and sc.num_malicious >= 0
+        assert sc.local_epochs >= 1 and sc.batch_size >= 1 and 0 < sc.lr < 10
+        assert math.isfinite(sc.dp_epsilon) and sc.dp_epsilon > 0
+        assert 0 < sc.dp_delta < 1 and math.isfinite(sc.dp_max_grad_norm)
+        assert sc.num_server_rounds >= 1 and sc.min_nodes >= 1 and 0 < sc.fraction_train <= 1
+        assert 0 <= sc.trim_beta < 0.5 and sc.aggregation_malicious >= 0
 
 
 # --- knowledge-base files -------------------------------------------------------------------
@@ -455,7 +470,7 @@ def run_cli(main: Callable[[Sequence[str]], int], argv: list[str]) -> tuple[int,
 
 def _cli(name: str) -> Callable[[Sequence[str]], int]:
     if name == "fedguard-node":
-        from clients.__main__ import main
+        from clients.node.cli import main
     elif name == "fedguard-ask":
         from assistant.__main__ import main
     else:

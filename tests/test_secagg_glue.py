@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, Context, Message
 from flwr.supercore.task_identity import TaskIdentity
 
 import clients.client_app as client_app
-from clients.local_update import local_train
-from clients.task import TaskConfig, new_model
-from server.run import FederatedRun
-from server.store import RunStore
-from server.strategy import build_strategy
+from server.rounds.replies import RunStopped
 from tests.helpers.grids import InProcessGrid
+from tests.helpers.rounds import initial_arrays, make_run, node_train, secure_round
 
 N = 4
 NODE_IDS = [2**64 - 5 + i for i in range(N)]  # above int64: exercises the wire encoding
-RUN_CONFIG = {"local-epochs": 1, "batch-size": 32, "lr": 0.05, "secagg-max-weight": 10000.0}
-SECAGG = {"neighbours": 0, "threshold": 0, "clip_range": 8.0, "quant_bits": 32,
-          "max_weight": 10000.0}
+RUN_CONFIG = {"local-epochs": 1, "batch-size": 32, "lr": 0.05, "secagg-max-weight": 10000.0,
+              "secagg": True, "min-nodes": 2, "federated-evaluation": False}
 HANDLERS = {
     "train.secagg_setup": client_app.secagg_setup,
     "train.secagg_share": client_app.secagg_share,
@@ -60,24 +56,19 @@ def _identity():
 
 
 def _round(tmp_path, grid: LossyGrid):
-    task = TaskConfig.from_run_config(RUN_CONFIG)
-    store = RunStore.in_dir(tmp_path)
-    store.start_run("r", RUN_CONFIG, 1)
-    run = FederatedRun(store, "r", tmp_path, task)
-    strategy = build_strategy("fedavg", run, secagg=SECAGG, timeout=60, fraction_train=1.0,
-                              fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=N,
-                              min_evaluate_nodes=0)
-    arrays = ArrayRecord(new_model(task).state_dict())
-    msgs = list(strategy.configure_train(1, arrays, ConfigRecord(), grid))
-    replies = grid.send_and_receive(msgs)
-    new, _ = strategy.aggregate_train(1, replies)
-    return task, arrays, new, store
+    run, cfg = make_run(tmp_path, RUN_CONFIG)
+    arrays = initial_arrays(run)
+    try:
+        new = secure_round(run, cfg, grid, arrays)
+    except RunStopped:
+        new = None
+    return RUN_CONFIG, arrays, new, run.store
 
 
 def _plain_average(task, arrays, nodes):
     """What plain sample-weighted FedAvg over `nodes` would produce."""
     state = arrays.to_torch_state_dict()
-    outs = [local_train(task, {"partition-id": NODE_IDS.index(n), "num-partitions": N}, state, 1)
+    outs = [node_train(task, {"partition-id": NODE_IDS.index(n), "num-partitions": N}, state, 1)
             for n in nodes]
     total = sum(o.metrics["num-examples"] for o in outs)
     return {k: sum(o.state[k].numpy().astype(np.float64) * o.metrics["num-examples"]
@@ -136,8 +127,8 @@ def test_server_never_holds_a_single_unmasked_update(tmp_path) -> None:
     assert new is not None and len(seen) == N
     state = arrays.to_torch_state_dict()
     for vec, nid in zip(seen, NODE_IDS, strict=True):
-        out = local_train(task, {"partition-id": NODE_IDS.index(nid), "num-partitions": N},
-                          state, 1)
+        out = node_train(task, {"partition-id": NODE_IDS.index(nid), "num-partitions": N},
+                         state, 1)
         plain = np.concatenate([(out.state[k].numpy() - state[k].numpy()).ravel()
                                 for k in state])
         masked = vec[: plain.size]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clients.task.contract import TaskError
+from clients.task.contract import DataError
 
 PARTITIONS = ("iid", "dirichlet")
 
@@ -30,7 +30,7 @@ def partition_dirichlet(
     """
     _check(len(labels), num_partitions)
     if not alpha > 0:
-        raise TaskError(f"run config dirichlet-alpha={alpha}: must be > 0, e.g. 0.5 (smaller = "
+        raise DataError(f"run config dirichlet-alpha={alpha}: must be > 0, e.g. 0.5 (smaller = "
                         "more skew)")
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
@@ -45,7 +45,7 @@ def partition_dirichlet(
                 part.extend(chunk.tolist())
         if min(len(p) for p in parts) >= min_size:
             return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
-    raise TaskError(f"run config dirichlet-alpha={alpha} with {num_partitions} nodes leaves some "
+    raise DataError(f"run config dirichlet-alpha={alpha} with {num_partitions} nodes leaves some "
                     "node without data; raise dirichlet-alpha or use fewer nodes")
 
 
@@ -55,12 +55,12 @@ def partition(labels: np.ndarray, num_partitions: int, how: str, alpha: float,
         return partition_iid(len(labels), num_partitions, seed)
     if how == "dirichlet":
         return partition_dirichlet(labels, num_partitions, alpha, seed)
-    raise TaskError(f"run config partition={how!r}: use 'iid' or 'dirichlet'")
+    raise DataError(f"run config partition={how!r}: use 'iid' or 'dirichlet'")
 
 
 def _check(num_examples: int, num_partitions: int) -> None:
     if num_partitions < 1:
-        raise TaskError(f"num-partitions={num_partitions}: must be at least 1")
+        raise DataError(f"num-partitions={num_partitions}: must be at least 1")
     if num_examples < num_partitions:
-        raise TaskError(f"{num_examples} examples cannot be split over {num_partitions} nodes; "
+        raise DataError(f"{num_examples} examples cannot be split over {num_partitions} nodes; "
                         "use fewer nodes")

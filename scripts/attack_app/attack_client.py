@@ -22,12 +22,11 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
+from torch.utils.data import TensorDataset
 
 from clients import client_app as fedguard
-from clients.data import Split
-from clients.local_update import node_data
-from clients.task import TaskConfig, new_model
-from clients.training import make_loader, make_optimizer, train_epochs
+from clients.training.loop import make_loader, train_epochs
+from clients.training.node import NodeRuntime, node_runtime
 
 ATTACKS = ("none", "sign-flip", "scaled", "label-flip", "nan")
 
@@ -45,23 +44,33 @@ def is_malicious(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) 
     return pid < fraction * nparts
 
 
-def _flipped_labels_train(task: TaskConfig, node_config: Mapping[str, Any],
-                          state: dict[str, torch.Tensor], rnd: int) -> dict[str, torch.Tensor]:
-    data = node_data(task, node_config)
-    flipped = Split(data.x, (data.y + 1) % task.spec.num_classes)
-    model = new_model(task)
-    model.load_state_dict(state, strict=True)
-    loader = make_loader(flipped, task.batch_size, shuffle=True, seed=task.seed + rnd)
-    train_epochs(model, loader, make_optimizer(model, task.lr), task.local_epochs)
+def flipped_labels(runtime: NodeRuntime) -> TensorDataset:
+    """The node's training data with every label y replaced by (y + 1) mod classes."""
+    data = runtime.data.train
+    x = torch.stack([torch.as_tensor(data[i][0]) for i in range(len(data))])
+    y = torch.stack([torch.as_tensor(data[i][1]) for i in range(len(data))])
+    schema = runtime.task.data_schema(runtime.ctx)
+    classes = schema.num_classes if schema and schema.num_classes else int(y.max()) + 1
+    return TensorDataset(x, (y + 1) % classes)
+
+
+def _flipped_labels_train(runtime: NodeRuntime, state: dict[str, torch.Tensor],
+                          rnd: int) -> dict[str, torch.Tensor]:
+    cfg = runtime.cfg
+    model = runtime.model(state)
+    loader = make_loader(flipped_labels(runtime), cfg.batch_size, shuffle=True,
+                         seed=cfg.seed + rnd)
+    train_epochs(model, loader, runtime.task.make_optimizer(model.parameters(), cfg.lr),
+                 runtime.task.criterion(), cfg.local_epochs)
     return model.state_dict()
 
 
-def poisoned_update(kind: str, scale: float, task: TaskConfig, node_config: Mapping[str, Any],
+def poisoned_update(kind: str, scale: float, runtime: NodeRuntime,
                     state: dict[str, torch.Tensor], honest: dict[str, torch.Tensor],
                     rnd: int) -> dict[str, torch.Tensor]:
     """The weights a malicious node sends instead of its honest update `honest`."""
     if kind == "label-flip":
-        return _flipped_labels_train(task, node_config, state, rnd)
+        return _flipped_labels_train(runtime, state, rnd)
     poisoned: dict[str, torch.Tensor] = {}
     for key, glob in state.items():
         new = honest[key]
@@ -87,14 +96,14 @@ def train(msg: Message, context: Context) -> Message:
         return reply
     if "arrays" not in reply.content.array_records:  # a refusal: nothing to poison
         return reply
-    task = TaskConfig.from_run_config(context.run_config)
+    runtime = node_runtime(context.run_config, context.node_config, context.run_id)
     state = msg.content["arrays"].to_torch_state_dict()
     honest = reply.content["arrays"].to_torch_state_dict()
     rnd = int(msg.content["config"].get("server-round", 0))
     kind = str(context.run_config["attack-kind"])
     scale = float(context.run_config.get("attack-scale", 4.0))
     reply.content["arrays"] = ArrayRecord(
-        poisoned_update(kind, scale, task, context.node_config, state, honest, rnd))
+        poisoned_update(kind, scale, runtime, state, honest, rnd))
     return reply
 
 

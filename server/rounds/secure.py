@@ -111,6 +111,8 @@ class SecureRounds:
         replies = grid.send_and_receive(messages, timeout=self.cfg.round_timeout)
         phase = "evaluate" if evaluate_only else "train"
         good = self.sorter.sort(rnd, replies, phase, record_ok=False)
+        if not evaluate_only:  # the same stop as the plain path: refusals end a run alike
+            self.sorter.require(rnd, len(good.accepted), self.cfg.min_nodes)
         masked: dict[int, Any] = {}
         clear: dict[int, dict[str, Any]] = {}
         for nid, msg in good.accepted.items():
