@@ -70,6 +70,17 @@ def test_builtin_packs_load_and_have_bilingual_text() -> None:
             assert rule.citation and rule.pid
 
 
+def test_verified_date_is_read_from_toml_dates_or_iso_text(tmp_path: Path) -> None:
+    for value in ("2026-12-01", '"2026-12-01"'):
+        body = "[pack]\nname = 'mine'\n" + RULE.replace('scope = "node"',
+                                                       f'scope = "node"\nverified = {value}')
+        write_pack(tmp_path, "mine", body)
+        (pack,) = load_packs([], [tmp_path])
+        assert pack.rules[0].verified == "2026-12-01"
+    write_pack(tmp_path, "mine", "[pack]\nname = 'mine'\n" + RULE)
+    assert load_packs([], [tmp_path])[0].rules[0].verified == ""  # optional in user packs
+
+
 def test_user_pack_in_a_directory_is_picked_up_and_evaluated(tmp_path: Path) -> None:
     shutil.copy(USER_PACKS / "hospital.toml", tmp_path / "hospital.toml")
     packs = load_packs("baseline", [tmp_path])
@@ -153,6 +164,12 @@ def test_unknown_pack_suggests_the_right_name() -> None:
         ("[pack]\nname = 'mine'\n[params]\nx = {a = 1}\n" + RULE, "param x: parameter must be"),
         ("[pack]\nname = 'mine'\n" + RULE.replace('id = "X1.check"', 'id = "X1.check"\npid = 7'),
          "pid=7 must look like P10"),
+        ("[pack]\nname = 'mine'\n" + RULE.replace('scope = "node"',
+                                                  'scope = "node"\nverified = "soon"'),
+         "rule X1.check: verified must be the date the citation was checked"),
+        ("[pack]\nname = 'mine'\n" + RULE.replace('scope = "node"',
+                                                  'scope = "node"\nverified = 2026-12-01T10:00:00'),
+         "rule X1.check: verified must be the date"),
     ],
 )
 def test_malformed_pack_errors_name_file_rule_and_fix(
@@ -216,7 +233,7 @@ def test_random_packs_load_or_fail_cleanly(data: dict[str, Any]) -> None:
 
 def test_shipped_pack_files_are_valid_toml_with_matching_names() -> None:
     for name in BUILTIN_PACKS:
-        path = Path(__file__).parents[1] / "privacy" / "compliance" / "policy" / "packs" / f"{name}.toml"
+        path = Path(__file__).parents[1] / "privacy/compliance/policy/packs" / f"{name}.toml"
         assert tomllib.loads(path.read_text("utf-8"))["pack"]["name"] == name
 
 
