@@ -270,3 +270,27 @@ def test_mutated_valid_pack_loads_and_evaluates_or_fails_cleanly(
     report = evaluate({}, {"n": manifest}, [pack], today=TODAY)
     assert len(report.verdicts) == 1
     assert report.verdicts[0].status in {"pass", "fail", "warn", "info", "not-applicable"}
+
+
+def test_docs_list_every_shipped_rule_fact_and_manifest_key() -> None:
+    from dataclasses import fields as dc_fields
+
+    from privacy.compliance.manifest import _SCHEMA
+    from privacy.compliance.policy import RunFacts
+
+    root = Path(__file__).parents[1] / "docs"
+    packs_doc = (root / "policy-packs.md").read_text("utf-8")
+    for pack in load_packs(list(BUILTIN_PACKS)):
+        for rule in pack.rules:
+            row = next((line for line in packs_doc.splitlines()
+                        if line.startswith(f"| {rule.pid} | `{rule.id}` |")), None)
+            assert row is not None, f"{rule.id} missing from docs/policy-packs.md"
+            assert f"| {pack.name} | {rule.scope} | {rule.severity} |" in row, rule.id
+            assert row.rstrip().endswith(f"| {rule.verified or '-'} |"), rule.id
+    facts_table = packs_doc.split("### `run.*`", 1)[1]
+    for f in dc_fields(RunFacts):
+        if f.name != "node_epsilon":
+            assert f"`{f.name.replace('_', '-')}`" in facts_table, f.name
+    manifest_doc = (root / "manifest.md").read_text("utf-8")
+    for section, key in _SCHEMA:
+        assert f"`[{section}]`" in manifest_doc and f"| `{key}` |" in manifest_doc, key
