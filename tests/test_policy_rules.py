@@ -373,6 +373,13 @@ def test_fria_scope(run: dict[str, Any], expected: str) -> None:
         expected)
 
 
+def test_empty_string_means_undeclared_for_any_type() -> None:
+    from privacy.compliance.policy import RunFacts
+
+    facts = RunFacts.from_config({"gpai-systemic-risk": "", "min-nodes": " ", "dp": ""})
+    assert (facts.gpai_systemic_risk, facts.min_nodes, facts.dp) == (None, None, None)
+
+
 def test_packs_assume_no_run_defaults() -> None:
     from privacy.compliance.policy import RunFacts
 

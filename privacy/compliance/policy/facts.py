@@ -176,8 +176,10 @@ class RunFacts:
 
 
 def _coerce(key: str, value: Any, typ: str, lower: bool = False) -> Any:
+    """Type-check one value; ``""`` means not declared for every type (a run-config schema can
+    list a key without deciding it, e.g. ``gpai-systemic-risk = ""``)."""
     base = typ.split("|")[0].strip()
-    if value is None or (value == "" and base == "str"):
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if base == "bool":
         if isinstance(value, bool):
