@@ -96,11 +96,56 @@ def test_licence_families(licence: str, nc: bool, sa: bool, review: bool) -> Non
         ("quality", "sampled-harmful-rate", 5, "between 0 and 1"),
         ("transfer", "mechanism", "sccs", "did you mean scc"),
         ("data", "persnal", True, "did you mean personal"),
+        ("data", "under-14", "no", "true or false"),
+        ("sector", "helth", True, "did you mean health"),
+        ("transfer", "import-mechanism", "sccs", "not a GDPR Chapter V mechanism"),
+        ("transfer", "dpf-certified", 1, "true or false"),
+        ("annotation", "rules-ref", ["a"], "must be a string"),
     ],
 )
 def test_bad_values_name_the_field(section: str, key: str, value: Any, expected: str) -> None:
     msg = error_of(with_field(section, key, value))
     assert f"{section}.{key}" in msg and expected in msg
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"data": {"minors": False, "under-14": True}}, "data.under-14=true and data.minors=false"),
+        ({"data": {"minors": False, "below-consent-age": True}},
+         "data.below-consent-age=true and data.minors=false"),
+        ({"data": {"personal": True, "sensitive": False}, "sector": {"health": True}},
+         "contradicts sector.health=true"),
+        ({"data": {"personal": True, "sensitive": False}, "sector": {"human-genetic": True}},
+         "contradicts sector.human-genetic=true"),
+    ],
+)
+def test_contradicting_flags_are_refused(fields: dict[str, Any], expected: str) -> None:
+    data = tomllib.loads(GOOD.read_text("utf-8"))
+    for section, body in fields.items():
+        data.setdefault(section, {}).update(body)
+    msg = error_of(data)
+    assert expected in msg and "set " in msg
+
+
+@pytest.mark.parametrize(
+    ("data", "pipl_child", "gdpr_child"),
+    [
+        ({"minors": False}, False, False),
+        ({"minors": True}, None, None),  # a minor, band not declared: not ruled out
+        ({"minors": True, "under-14": False, "below-consent-age": True}, False, True),
+        ({"under-14": True}, True, None),
+        ({}, None, None),
+    ],
+)
+def test_age_bands_are_derived_separately(
+    data: dict[str, Any], pipl_child: bool | None, gdpr_child: bool | None
+) -> None:
+    raw = tomllib.loads(GOOD.read_text("utf-8"))
+    raw["data"] = {"personal": True, "sensitive": False, **data}
+    m = parse_manifest(raw)
+    assert (m.pipl_child, m.gdpr_child) == (pipl_child, gdpr_child)
+    assert m.facts()["pipl_child"] is pipl_child
 
 
 def test_unknown_section_and_missing_name() -> None:
@@ -135,6 +180,7 @@ def test_template_parses_leaves_decisions_undeclared_and_mentions_every_field() 
             "gdpr_basis": "gdpr", "pipl_basis": "pipl", "assessment_ref": "reference",
             "assessment_date": "date", "assessment_kept_years": "kept-years",
             "retention_days": "days", "role": "role", "transfer_mechanism": "mechanism",
+            "annotation_rules": "rules-ref", "annotation_quality_checked": "quality-checked",
             "transfer_people_per_year": "people-per-year",
             "transfer_sensitive_people_per_year": "sensitive-people-per-year",
         }.get(key, key.replace("_", "-"))

@@ -49,6 +49,8 @@ def ev(src: str) -> Any:
         ("any([False, run.dp]) and not all([True, False])", True),
         ("max(1, 2, 3) - min(4, 5) == -1 and abs(-2) == 2", True),
         ("days_since(manifest.assessment_date)", 327),
+        ("days_since('2026-01-01') == days_since(manifest.assessment_date)", True),
+        ("days_since('2029-03-26') < 0", True),  # ISO text, as pack parameters hold dates
         ("1 if run.dp else 2", 1),
         ("7 // 2 + 7 % 2", 4),
         ("upper('x') + 'y'", "Xy"),
@@ -79,7 +81,8 @@ def test_expression_names_are_the_facts_it_reads() -> None:
         ("len(run.dp)", "len() needs"),
         ("3 in run.dp", "'in' needs a list"),
         ("'a' * 3", "needs numbers"),
-        ("days_since('2026-01-01')", "needs a date"),
+        ("days_since('soon')", "needs a date like 2029-03-26"),
+        ("days_since(3)", "needs a date"),
     ],
 )
 def test_runtime_errors_are_eval_errors(src: str, message: str) -> None:

@@ -49,6 +49,20 @@ def test_gate_passes_and_says_so(tmp_path: Path) -> None:
     assert report.summary() == "policy check passed (0 warnings)"
 
 
+def test_gate_that_writes_the_audit_log_declares_it(tmp_path: Path) -> None:
+    config = {k: v for k, v in load_run_config(DATA / "good-run.toml").items()
+              if k != "audit-log"}
+    good = {"a": load_manifest(DATA / "good-manifest.toml")}
+    offline = run_policy_gate(config, good, tmp_path, today=TODAY)
+    assert offline.failing_run_rules == ["P23.audit-log"]  # nobody said a log is kept
+    logged = run_policy_gate({**config, "audit-log": False}, good, tmp_path,
+                             AuditLog(tmp_path / "audit.jsonl"), "run-2", today=TODAY)
+    assert logged.find("P23.audit-log").status == "pass"  # the gate is writing it
+    entry = next(e for e in AuditLog(tmp_path / "audit.jsonl").entries()
+                 if e["payload"].get("rule") == "P23.audit-log")
+    assert entry["payload"]["verified"] == "2026-12-01"
+
+
 def test_gate_rejects_bad_config(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="parameter override"):
         run_policy_gate({"policy-params": "oops"}, {}, tmp_path)

@@ -70,6 +70,17 @@ def test_builtin_packs_load_and_have_bilingual_text() -> None:
             assert rule.citation and rule.pid
 
 
+def test_verified_date_is_read_from_toml_dates_or_iso_text(tmp_path: Path) -> None:
+    for value in ("2026-12-01", '"2026-12-01"'):
+        body = "[pack]\nname = 'mine'\n" + RULE.replace('scope = "node"',
+                                                       f'scope = "node"\nverified = {value}')
+        write_pack(tmp_path, "mine", body)
+        (pack,) = load_packs([], [tmp_path])
+        assert pack.rules[0].verified == "2026-12-01"
+    write_pack(tmp_path, "mine", "[pack]\nname = 'mine'\n" + RULE)
+    assert load_packs([], [tmp_path])[0].rules[0].verified == ""  # optional in user packs
+
+
 def test_user_pack_in_a_directory_is_picked_up_and_evaluated(tmp_path: Path) -> None:
     shutil.copy(USER_PACKS / "hospital.toml", tmp_path / "hospital.toml")
     packs = load_packs("baseline", [tmp_path])
@@ -153,6 +164,12 @@ def test_unknown_pack_suggests_the_right_name() -> None:
         ("[pack]\nname = 'mine'\n[params]\nx = {a = 1}\n" + RULE, "param x: parameter must be"),
         ("[pack]\nname = 'mine'\n" + RULE.replace('id = "X1.check"', 'id = "X1.check"\npid = 7'),
          "pid=7 must look like P10"),
+        ("[pack]\nname = 'mine'\n" + RULE.replace('scope = "node"',
+                                                  'scope = "node"\nverified = "soon"'),
+         "rule X1.check: verified must be the date the citation was checked"),
+        ("[pack]\nname = 'mine'\n" + RULE.replace('scope = "node"',
+                                                  'scope = "node"\nverified = 2026-12-01T10:00:00'),
+         "rule X1.check: verified must be the date"),
     ],
 )
 def test_malformed_pack_errors_name_file_rule_and_fix(
@@ -253,3 +270,27 @@ def test_mutated_valid_pack_loads_and_evaluates_or_fails_cleanly(
     report = evaluate({}, {"n": manifest}, [pack], today=TODAY)
     assert len(report.verdicts) == 1
     assert report.verdicts[0].status in {"pass", "fail", "warn", "info", "not-applicable"}
+
+
+def test_docs_list_every_shipped_rule_fact_and_manifest_key() -> None:
+    from dataclasses import fields as dc_fields
+
+    from privacy.compliance.manifest import _SCHEMA
+    from privacy.compliance.policy import RunFacts
+
+    root = Path(__file__).parents[1] / "docs"
+    packs_doc = (root / "policy-packs.md").read_text("utf-8")
+    for pack in load_packs(list(BUILTIN_PACKS)):
+        for rule in pack.rules:
+            row = next((line for line in packs_doc.splitlines()
+                        if line.startswith(f"| {rule.pid} | `{rule.id}` |")), None)
+            assert row is not None, f"{rule.id} missing from docs/policy-packs.md"
+            assert f"| {pack.name} | {rule.scope} | {rule.severity} |" in row, rule.id
+            assert row.rstrip().endswith(f"| {rule.verified or '-'} |"), rule.id
+    facts_table = packs_doc.split("### `run.*`", 1)[1]
+    for f in dc_fields(RunFacts):
+        if f.name != "node_epsilon":
+            assert f"`{f.name.replace('_', '-')}`" in facts_table, f.name
+    manifest_doc = (root / "manifest.md").read_text("utf-8")
+    for section, key in _SCHEMA:
+        assert f"`[{section}]`" in manifest_doc and f"| `{key}` |" in manifest_doc, key

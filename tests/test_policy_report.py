@@ -105,7 +105,28 @@ def test_markdown_escapes_table_pipes() -> None:
                 {"en": "e", "zh": "e"}, {"k": "v|w"})
     md = PolicyReport([v], [{"name": "p", "version": "1"}], "2026-01-01").to_markdown()
     row = next(line for line in md.splitlines() if line.startswith("| warn"))
-    assert row.count(" | ") == 5
+    assert row.count(" | ") == 6  # seven columns, the pipes inside cells escaped
+
+
+def test_reports_show_when_each_rule_was_verified(report: PolicyReport) -> None:
+    v = report.find("P15.eea-transfer", "a")
+    assert v is not None and v.verified == "2026-12-01"
+    md = report.to_markdown("en")
+    assert "| Verified |" in md and "2026-12-01" in md
+    assert "| 核实日期 |" in report.to_markdown("zh")
+    data = json.loads(report.to_json())
+    assert {x["rule_id"]: x["verified"] for x in data["verdicts"]}["P15.eea-transfer"] == (
+        "2026-12-01")
+    assert PolicyReport.from_dict(data).find("P15.eea-transfer", "a").verified == "2026-12-01"
+    fix = md.split("## What to fix", 1)[1]
+    assert "(Verified 2026-12-01)" in fix  # the failing NC rule names its check date
+
+
+def test_stored_reports_without_verification_dates_still_load(report: PolicyReport) -> None:
+    data = report.to_dict()
+    for v in data["verdicts"]:
+        del v["verified"]
+    assert PolicyReport.from_dict(data).verdicts[0].verified == ""
 
 
 def test_summary_is_one_line_naming_failures(report: PolicyReport) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "ART9_CONDITIONS",
     "EEA_COUNTRIES",
     "GDPR_BASES",
+    "IMPORT_MECHANISMS",
     "PIPL_BASES",
     "ROLES",
     "TRANSFER_MECHANISMS",
@@ -36,6 +37,7 @@ __all__ = [
     "manifest_sha256",
     "manifest_template",
     "parse_manifest",
+    "spdx_licence",
 ]
 
 SCHEMA_VERSION = 1
@@ -66,6 +68,9 @@ TRANSFER_MECHANISMS = (
     "none", "adequacy", "scc", "bcr", "derogation",
     "cac-security-assessment", "cn-standard-contract", "cn-certification", "cac-exemption",
 )
+#: How a node outside the EEA receives a global model trained on EEA personal data (GDPR
+#: Chapter V). ``derogation`` is accepted only so that policy P15 can reject it with a citation.
+IMPORT_MECHANISMS = ("none", "adequacy", "scc", "bcr", "derogation")
 JURISDICTIONS = ("gdpr", "pipl")
 _EEA = "AT BE BG HR CY CZ DK EE FI FR DE GR HU IE IT LV LT LU MT NL PL PT RO SK SI ES SE IS LI NO"
 EEA_COUNTRIES = frozenset(_EEA.split())
@@ -153,8 +158,9 @@ def _choice(options: tuple[str, ...], hint: str = "") -> Callable[[str, Any], st
     return check
 
 
-def _licence(where: str, value: Any) -> str:
-    text = _text(where, value)
+def spdx_licence(text: str) -> str:
+    """Canonical spelling of a licence id; ValueError (the fix, one line) when it is none."""
+    text = text.strip()
     lowered = text.lower()
     if lowered in ("proprietary", "unknown"):
         return lowered
@@ -164,10 +170,17 @@ def _licence(where: str, value: Any) -> str:
         return _SPDX_BY_LOWER[lowered]
     close = difflib.get_close_matches(text, sorted(SPDX_IDS), n=1)
     example = close[0] if close else "CC-BY-4.0"
-    raise _fail(
-        where, value,
-        f"not an SPDX id; use e.g. {example}, proprietary, unknown or LicenseRef-<name>",
+    raise ValueError(
+        f"not an SPDX id; use e.g. {example}, proprietary, unknown or LicenseRef-<name>"
     )
+
+
+def _licence(where: str, value: Any) -> str:
+    text = _text(where, value)
+    try:
+        return spdx_licence(text)
+    except ValueError as exc:
+        raise _fail(where, value, str(exc)) from None
 
 
 def _country(where: str, value: Any) -> str:
@@ -201,6 +214,14 @@ _SCHEMA: dict[tuple[str, str], tuple[str, Callable[[str, Any], Any]]] = {
     ("data", "personal"): ("personal", _bool),
     ("data", "sensitive"): ("sensitive", _bool),
     ("data", "minors"): ("minors", _bool),
+    ("data", "under-14"): ("under_14", _bool),
+    ("data", "below-consent-age"): ("below_consent_age", _bool),
+    ("sector", "health"): ("health", _bool),
+    ("sector", "financial"): ("financial", _bool),
+    ("sector", "human-genetic"): ("human_genetic", _bool),
+    ("sector", "hgr-approval"): ("hgr_approval", _text),
+    ("sector", "export-permission"): ("export_permission", _text),
+    ("sector", "ehds-permit"): ("ehds_permit", _text),
     ("legal-basis", "gdpr"): ("gdpr_basis", _choice(GDPR_BASES, "not a GDPR Art. 6 basis; ")),
     ("legal-basis", "pipl"): ("pipl_basis", _choice(PIPL_DECLARABLE, "not a PIPL Art. 13 basis; ")),
     ("legal-basis", "art9-condition"): (
@@ -208,6 +229,10 @@ _SCHEMA: dict[tuple[str, str], tuple[str, Callable[[str, Any], Any]]] = {
     ),
     ("legal-basis", "separate-consent"): ("separate_consent", _bool),
     ("legal-basis", "guardian-consent"): ("guardian_consent", _bool),
+    ("legal-basis", "lia-ref"): ("lia_ref", _text),
+    ("legal-basis", "art9-law"): ("art9_law", _text),
+    ("legal-basis", "provision-notice"): ("provision_notice", _bool),
+    ("legal-basis", "provision-consent"): ("provision_consent", _bool),
     ("impact-assessment", "reference"): ("assessment_ref", _text),
     ("impact-assessment", "date"): ("assessment_date", _day),
     ("impact-assessment", "kept-years"): ("assessment_kept_years", _count),
@@ -220,8 +245,18 @@ _SCHEMA: dict[tuple[str, str], tuple[str, Callable[[str, Any], Any]]] = {
     ("transfer", "important-data"): ("important_data", _bool),
     ("transfer", "people-per-year"): ("transfer_people_per_year", _count),
     ("transfer", "sensitive-people-per-year"): ("transfer_sensitive_people_per_year", _count),
+    ("transfer", "tia-ref"): ("tia_ref", _text),
+    ("transfer", "dpf-certified"): ("dpf_certified", _bool),
+    ("transfer", "import-mechanism"): (
+        "import_mechanism", _choice(IMPORT_MECHANISMS, "not a GDPR Chapter V mechanism; ")
+    ),
+    ("transfer", "foreign-request-policy"): ("foreign_request_policy", _text),
     ("quality", "sampled-harmful-rate"): ("sampled_harmful_rate", _rate),
     ("quality", "sample-size"): ("sample_size", _count),
+    ("annotation", "annotated"): ("annotated", _bool),
+    ("annotation", "rules-ref"): ("annotation_rules", _text),
+    ("annotation", "quality-checked"): ("annotation_quality_checked", _bool),
+    ("annotation", "annotators-trained"): ("annotators_trained", _bool),
 }
 _SECTIONS = sorted({s for s, _ in _SCHEMA})
 _KEY_OF = {attr: (sec, key) for (sec, key), (attr, _) in _SCHEMA.items()}
@@ -245,11 +280,23 @@ class Manifest:
     personal: bool | None = None
     sensitive: bool | None = None
     minors: bool | None = None
+    under_14: bool | None = None
+    below_consent_age: bool | None = None
+    health: bool | None = None
+    financial: bool | None = None
+    human_genetic: bool | None = None
+    hgr_approval: str | None = None
+    export_permission: str | None = None
+    ehds_permit: str | None = None
     gdpr_basis: str | None = None
     pipl_basis: str | None = None
     art9_condition: str | None = None
     separate_consent: bool | None = None
     guardian_consent: bool | None = None
+    lia_ref: str | None = None
+    art9_law: str | None = None
+    provision_notice: bool | None = None
+    provision_consent: bool | None = None
     assessment_ref: str | None = None
     assessment_date: date | None = None
     assessment_kept_years: int | None = None
@@ -262,8 +309,16 @@ class Manifest:
     important_data: bool | None = None
     transfer_people_per_year: int | None = None
     transfer_sensitive_people_per_year: int | None = None
+    tia_ref: str | None = None
+    dpf_certified: bool | None = None
+    import_mechanism: str | None = None
+    foreign_request_policy: str | None = None
     sampled_harmful_rate: float | None = None
     sample_size: int | None = None
+    annotated: bool | None = None
+    annotation_rules: str | None = None
+    annotation_quality_checked: bool | None = None
+    annotators_trained: bool | None = None
 
     # -- derived facts the policy packs use ------------------------------------------------
     @property
@@ -284,6 +339,16 @@ class Manifest:
         if self.in_cn:
             found.add("pipl")
         return tuple(sorted(found))
+
+    @property
+    def pipl_child(self) -> bool | None:
+        """Holds PI of children under 14 (PIPL Art. 28, 31); None when not ruled out."""
+        return _band(self.minors, self.under_14)
+
+    @property
+    def gdpr_child(self) -> bool | None:
+        """Holds data of children below the GDPR Art. 8 digital age of consent (13-16)."""
+        return _band(self.minors, self.below_consent_age)
 
     @property
     def licence_noncommercial(self) -> bool:
@@ -309,8 +374,8 @@ class Manifest:
         """Every field and derived fact, by attribute name (the policy context)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         for name in (
-            "in_eea", "in_cn", "jurisdictions", "licence_noncommercial", "licence_sharealike",
-            "licence_needs_review",
+            "in_eea", "in_cn", "jurisdictions", "pipl_child", "gdpr_child",
+            "licence_noncommercial", "licence_sharealike", "licence_needs_review",
         ):
             out[name] = getattr(self, name)
         out["jurisdictions"] = list(out["jurisdictions"])
@@ -330,6 +395,31 @@ class Manifest:
                 value = list(value)
             out.setdefault(sec, {})[key] = value
         return out
+
+
+def _band(minors: bool | None, band: bool | None) -> bool | None:
+    """An age band is ruled out by minors = false or by the band's own flag."""
+    if minors is False or band is False:
+        return False
+    return True if band else None
+
+
+def _check_consistent(values: Mapping[str, Any]) -> None:
+    """Cross-field contradictions a policy would otherwise read as two different truths."""
+    for band, key in (("under_14", "under-14"), ("below_consent_age", "below-consent-age")):
+        if values.get(band) is True and values.get("minors") is False:
+            raise ManifestError(
+                f"manifest fields data.{key}=true and data.minors=false contradict each other; "
+                f"a child in that band is a minor: set minors = true or {key} = false"
+            )
+    if values.get("personal") is True and values.get("sensitive") is False:
+        for flag, key in (("health", "health"), ("human_genetic", "human-genetic")):
+            if values.get(flag) is True:
+                raise ManifestError(
+                    f"manifest field data.sensitive=false contradicts sector.{key}=true for "
+                    "personal data (GDPR Art. 9(1) special category, PIPL Art. 28 sensitive PI); "
+                    "set sensitive = true"
+                )
 
 
 def parse_manifest(data: Mapping[str, Any]) -> Manifest:
@@ -367,6 +457,7 @@ def parse_manifest(data: Mapping[str, Any]) -> Manifest:
             "manifest field dataset.name is missing or empty; add name = \"<dataset name>\" "
             "under [dataset]"
         )
+    _check_consistent(values)
     return Manifest(**values)
 
 
@@ -442,7 +533,17 @@ name = {_toml_str(name)}
 [data]
 # personal = true                 # relates to identifiable people (GDPR Art. 4(1), PIPL Art. 4)
 # sensitive = false               # GDPR Art. 9 special categories / PIPL Art. 28 sensitive PI
-# minors = false                  # children (PIPL: under 14; GDPR Art. 8: under 16 or national age)
+# minors = false                  # any data subject under 18
+# under-14 = false                # children under 14 (PIPL Art. 28, 31)
+# below-consent-age = false       # below the GDPR Art. 8 age of consent (16; 13-15 by law)
+
+[sector]
+# health = false                  # health or medical data (GDPR Art. 9(1), PIPL Art. 28)
+# financial = false               # personal financial information (accounts, transactions, credit)
+# human-genetic = false           # China human genetic resources information (gene, genome data)
+# hgr-approval = "HGR-2026-123"   # approval / filing for foreign cooperation or provision abroad
+# export-permission = "..."       # law or regulator decision allowing export (localisation)
+# ehds-permit = "HDAB-DE-2029-7"  # EHDS data permit (Art. 68) or the other legal route relied on
 
 [legal-basis]
 # GDPR Art. 6: {", ".join(GDPR_BASES)}
@@ -453,6 +554,10 @@ name = {_toml_str(name)}
 # art9-condition = "explicit-consent"
 # separate-consent = false        # PIPL 单独同意 (sensitive data, export)
 # guardian-consent = false        # parental / guardian consent for minors
+# lia-ref = "LIA-2026-02"         # recorded legitimate-interests assessment (GDPR Art. 6(1)(f))
+# art9-law = "BDSG s. 27"         # Union or member-state law for Art. 9(2)(b), (g)-(j)
+# provision-notice = false        # PIPL Art. 23: told the recipient's name, contact, purpose, ...
+# provision-consent = false       # PIPL Art. 23: separate consent to provide PI to the aggregator
 
 [impact-assessment]
 # reference = "DPIA-2026-001"     # DPIA (GDPR Art. 35) / PIPIA (PIPL Art. 55) reference
@@ -465,7 +570,7 @@ name = {_toml_str(name)}
 
 [roles]
 # role = "joint-controller"       # controller | joint-controller | processor
-# contract-ref = "JCA-2026-04"    # Art. 26 arrangement, Art. 28 / PIPL Art. 21 contract
+# contract-ref = "JCA-2026-04"    # with the aggregator: Art. 26 / Art. 28 / PIPL Art. 20-21
 
 [transfer]
 # one of: {", ".join(TRANSFER_MECHANISMS)}
@@ -474,8 +579,19 @@ name = {_toml_str(name)}
 # important-data = false          # DSL Art. 21 important data
 # people-per-year = 0             # individuals whose data is exported per year
 # sensitive-people-per-year = 0
+# tia-ref = "TIA-2026-03"         # transfer impact assessment for SCCs / BCRs (Schrems II)
+# dpf-certified = false           # certified under the EU-US Data Privacy Framework
+# one of: {", ".join(IMPORT_MECHANISMS)} (node outside the EEA receiving the global model)
+# import-mechanism = "none"
+# foreign-request-policy = "..."  # foreign court/police requests go to PRC authorities
 
 [quality]
 # sampled-harmful-rate = 0.0      # share of illegal/harmful items in a corpus sample
 # sample-size = 4000
+
+[annotation]
+# annotated = false               # people labelled this data for the training
+# rules-ref = "ANN-RULES-3"       # written annotation rules (GenAI Measures Art. 8)
+# quality-checked = false         # annotation accuracy checked on a sample
+# annotators-trained = false
 """

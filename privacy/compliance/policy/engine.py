@@ -16,7 +16,13 @@ from typing import Any
 from privacy.compliance.manifest import Manifest
 from privacy.compliance.policy.errors import EvalError, PolicyError
 from privacy.compliance.policy.expr import Expr
-from privacy.compliance.policy.facts import RunFacts, empty_manifest_facts, node_facts, today_utc
+from privacy.compliance.policy.facts import (
+    Federation,
+    RunFacts,
+    empty_manifest_facts,
+    node_facts,
+    today_utc,
+)
 from privacy.compliance.policy.loader import Pack, Rule
 from privacy.compliance.policy.report import PolicyReport, Verdict
 
@@ -61,6 +67,7 @@ def _verdict(rule: Rule, node: str | None, facts: Mapping[str, Any], today: date
         rule_id=rule.id, pid=rule.pid, pack=rule.pack, node=node, status=status,
         severity=rule.severity, citation=rule.citation, title=dict(rule.title),
         explain=dict(rule.explain), evidence=_evidence(rule, facts), note=note,
+        verified=rule.verified,
     )
 
 
@@ -72,11 +79,18 @@ def evaluate(
 ) -> PolicyReport:
     """Verdicts for every (rule, node); `run` may be a kebab-case run config dict.
 
-    A node mapped to ``None`` sent no manifest: its manifest facts are all undeclared.
+    A node mapped to ``None`` sent no manifest: its manifest facts are all undeclared. Facts
+    that cross nodes (``node.receives_eea_model``, ``node.foreign_parties``) are computed from
+    the manifests of this call, so pass every node of the federation together.
     `today` fixes the date used by ``days_since`` (defaults to today, UTC).
     """
     facts_run = run if isinstance(run, RunFacts) else RunFacts.from_config(run)
     day = today or today_utc()
+    for key, manifest in manifests.items():
+        if manifest is not None and not isinstance(manifest, Manifest):
+            raise PolicyError(f"manifest for node {str(key)!r} is a {type(manifest)}; "
+                              "pass a Manifest from load_manifest/parse_manifest")
+    federation = Federation.of(manifests)
     base = _flatten("run", facts_run.facts())
     verdicts: list[Verdict] = []
     for pack in packs:
@@ -87,13 +101,10 @@ def evaluate(
                 continue
             for key in sorted(manifests, key=str):
                 manifest, node = manifests[key], str(key)  # Flower node ids may be ints
-                if manifest is not None and not isinstance(manifest, Manifest):
-                    raise PolicyError(f"manifest for node {node!r} is a {type(manifest)}; "
-                                      "pass a Manifest from load_manifest/parse_manifest")
                 mf = manifest.facts() if manifest is not None else empty_manifest_facts()
                 facts = {
                     **base, **params, **_flatten("manifest", mf),
-                    **_flatten("node", node_facts(node, facts_run, manifest)),
+                    **_flatten("node", node_facts(node, facts_run, manifest, federation)),
                 }
                 verdicts.append(_verdict(rule, node, facts, day))
     return PolicyReport(verdicts, [p.summary() for p in packs], day.isoformat())

@@ -328,6 +328,13 @@ class _Eval:
     def days_since(self, value: Any) -> int | None:
         if value is None:
             return None
+        if isinstance(value, str):  # a pack parameter such as "2029-03-26"
+            try:
+                value = date.fromisoformat(value)
+            except ValueError:
+                raise EvalError(
+                    f"days_since() needs a date like 2029-03-26, got {value!r}"
+                ) from None
         if not isinstance(value, date):
             raise EvalError(f"days_since() needs a date, got {type(value).__name__}")
         return (self.today - value).days

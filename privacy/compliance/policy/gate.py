@@ -2,7 +2,8 @@
 
 Packs come from the run config (``policy-packs``, ``policy-params``) plus any user packs in
 ``<data-dir>/policy-packs``; every verdict is written to the audit log (rule P23) before the
-caller decides whether to start.
+caller decides whether to start. Given an audit log, the gate itself establishes the fact
+``audit-log = true``: it is the one writing the verdicts there.
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ def run_policy_gate(
 ) -> PolicyReport:
     """Load packs for this run, evaluate, audit every verdict; raises PolicyError on bad input.
 
-    The caller refuses to start when ``report.run_failed`` (``report.summary()`` is a one-line
-    reason to show the operator).
+    The caller refuses to start when ``report.failing_run_rules`` is not empty and excludes the
+    nodes in ``report.failing_nodes`` (``report.summary()`` is a one-line reason to show).
     """
-    run = RunFacts.from_config(run_config, node_epsilon)
+    config = {**run_config, "audit-log": True} if audit_log is not None else run_config
+    run = RunFacts.from_config(config, node_epsilon)
     packs = load_packs(
         run.policy_packs or DEFAULT_PACKS,
         [Path(data_dir) / PACK_DIR_NAME],

@@ -16,6 +16,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ MANIFEST_FACT_NAMES = frozenset(f"manifest.{n}" for n in MANIFEST_FACTS)
 NODE_FACT_NAMES = frozenset(f"node.{n}" for n in NODE_FACTS)
 _PACK_KEYS = {"name", "version", "title", "description", "applies"}
 _RULE_KEYS = {
-    "id", "pid", "title", "explain", "severity", "scope", "citation", "applies", "check",
+    "id", "pid", "title", "explain", "severity", "scope", "citation", "verified", "applies",
+    "check",
 }
 
 
@@ -70,6 +72,8 @@ class Rule:
     citation: str
     applies: Expr
     check: Expr
+    #: ISO date on which the citation was last checked against its primary source ("" = never).
+    verified: str = ""
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,7 @@ def _parse_rule(
     citation = raw.get("citation")
     if not isinstance(citation, str) or not citation.strip():
         raise PolicyError(f"{where}: citation is missing; name the legal or technical basis")
+    verified = _verified(where, raw.get("verified"))
     title = _lang_table(f"{where} title", raw.get("title"))
     explain = _lang_table(f"{where} explain", raw.get("explain"))
     names = set(RUN_FACTS_NAMES) | param_names
@@ -231,7 +236,23 @@ def _parse_rule(
         if scope == "run" and any(r in msg for r in ("'manifest.", "'node.")):
             msg += "; run-scope rules cannot read manifest/node facts (use scope = \"node\")"
         raise PolicyError(f"{where}: {msg}") from None
-    return Rule(rid, pid, pack, severity, scope, title, explain, citation.strip(), applies, check)
+    return Rule(rid, pid, pack, severity, scope, title, explain, citation.strip(), applies, check,
+                verified)
+
+
+def _verified(where: str, value: Any) -> str:
+    """The date the rule's citation was checked against its source: a TOML date or ISO text."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        try:
+            value = date.fromisoformat(value.strip())
+        except ValueError:
+            value = None
+    if not isinstance(value, date) or hasattr(value, "hour"):
+        raise PolicyError(f"{where}: verified must be the date the citation was checked, e.g. "
+                          "verified = 2026-12-01")
+    return value.isoformat()
 
 
 def load_pack_file(

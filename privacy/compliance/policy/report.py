@@ -27,6 +27,7 @@ _LABELS = {
         "ok": "PASS: no failing rule", "verdicts": "Verdicts", "fix": "What to fix",
         "status": "Verdict", "rule": "Rule", "node": "Node", "check": "Check",
         "citation": "Citation", "evidence": "Evidence", "note": "Note", "run": "(run)",
+        "verified": "Verified",
         "pass": "pass", "fail": "fail", "warn": "warn", "info": "info",
         "not-applicable": "n/a", "none": "Nothing to fix.",
         "disclaimer": "Thresholds are configurable internal defaults, not legal requirements; "
@@ -38,6 +39,7 @@ _LABELS = {
         "ok": "通过：没有不通过的规则", "verdicts": "逐条结论", "fix": "需要整改的事项",
         "status": "结论", "rule": "规则", "node": "节点", "check": "检查项",
         "citation": "依据", "evidence": "证据", "note": "说明", "run": "（整个训练）",
+        "verified": "核实日期",
         "pass": "通过", "fail": "不通过", "warn": "警告", "info": "提示",
         "not-applicable": "不适用", "none": "无需整改。",
         "disclaimer": "阈值为可配置的内部默认值，并非法律要求；本报告不构成法律意见。",
@@ -60,6 +62,8 @@ class Verdict:
     explain: dict[str, str]
     evidence: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    #: When the rule's citation was last checked against its source (ISO date, "" = unknown).
+    verified: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,7 +77,8 @@ class PolicyReport:
 
     @property
     def run_failed(self) -> bool:
-        """True if any rule failed: the gate must refuse to start the run."""
+        """True if any rule failed (the offline check's exit 1). The server blocks a run only on
+        :attr:`failing_run_rules` and excludes the nodes in :attr:`failing_nodes`."""
         return any(v.status == "fail" for v in self.verdicts)
 
     @property
@@ -167,14 +172,14 @@ class PolicyReport:
             f"## {t['verdicts']}",
             "",
             f"| {t['status']} | {t['rule']} | {t['node']} | {t['check']} | {t['citation']} | "
-            f"{t['evidence']} |",
-            "|---|---|---|---|---|---|",
+            f"{t['verified']} | {t['evidence']} |",
+            "|---|---|---|---|---|---|---|",
         ]
         for v in self.verdicts:
             rid = f"{v.pid} `{v.rule_id}`" if v.pid else f"`{v.rule_id}`"
             lines.append(
                 f"| {_md(t[v.status])} | {rid} | {_md(v.node or t['run'])} | {_md(v.title[lang])} "
-                f"| {_md(v.citation)} | {_md(_evidence(v.evidence))} |"
+                f"| {_md(v.citation)} | {_md(v.verified or '-')} | {_md(_evidence(v.evidence))} |"
             )
         lines += ["", f"## {t['fix']}", ""]
         todo = [v for v in self.verdicts if v.status in ("fail", "warn")]
@@ -182,6 +187,7 @@ class PolicyReport:
             lines.append(
                 f"- **{t[v.status]}** {v.pid or ''} `{v.rule_id}` ({_md(v.node or t['run'])}): "
                 f"{_md(v.explain[lang])} — {_md(v.citation)}"
+                + (f" ({t['verified']} {v.verified})" if v.verified else "")
             )
             if v.note:
                 lines.append(f"  - {t['note']}: {_md(v.note)}")
@@ -224,7 +230,7 @@ def audit_verdicts(
             {
                 "run_id": run_id, "rule": v.rule_id, "pid": v.pid, "pack": v.pack,
                 "node": v.node, "status": v.status, "evidence": v.evidence,
-                "citation": v.citation, "note": v.note,
+                "citation": v.citation, "verified": v.verified, "note": v.note,
             },
         ))
     items.append((
