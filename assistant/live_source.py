@@ -226,7 +226,8 @@ class RunStoreLiveSource:
             run = store.latest_run() if store else None
             if store is None or run is None:
                 return None
-            rows = _optional(store.verdicts, run["run_id"])
+            rows = [{"rule_id": v.rule_id, "pack": v.pack, "verdict": v.verdict,
+                     "node_id": v.node_id} for v in _optional(store.verdicts, run["run_id"])]
             manifests = _optional(store.manifests, run["run_id"])
         config = run.get("config") or {}
         source = "recorded"

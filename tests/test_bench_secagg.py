@@ -82,14 +82,16 @@ def test_legacy_client_trains_like_fedguard():
     """The legacy NumPyClient runs fedguard's local training on a fedguard partition."""
     from flwr.app import Context, RecordDict
 
-    from clients.task import TaskConfig, new_model
+    from clients.task import TaskContext, load_task
 
     legacy = sys.modules.get("legacy_app") or _load(
         "legacy_app", ROOT / "scripts" / "legacy_secagg_app" / "legacy_app.py")
     ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 10},
                   state=RecordDict(), run_config={"local-epochs": 1})
     client = legacy.LegacyClient(ctx)
-    params = [v.numpy() for v in new_model(TaskConfig(local_epochs=1)).state_dict().values()]
+    task_ctx = TaskContext({}, {}, 42)
+    model = load_task("clients.tasks.digits:task", task_ctx).build_model(task_ctx)
+    params = [v.numpy() for v in model.state_dict().values()]
     arrays, n, metrics = client.fit(params, {"server-round": 1})
     assert n > 0 and metrics["num-examples"] == n
     assert [a.shape for a in arrays] == [p.shape for p in params]

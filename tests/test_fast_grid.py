@@ -75,8 +75,3 @@ def test_timeout_returns_what_arrived() -> None:
             return []
 
     assert FastPollGrid(Silent(), poll_interval=0.01).send_and_receive(_msgs(), timeout=0.2) == []
-
-
-def test_node_filter_hides_nodes_that_did_not_pass_the_gate() -> None:
-    grid = FastPollGrid(ScriptedGrid(), node_filter=lambda ids: {9})
-    assert list(grid.get_node_ids()) == [9]

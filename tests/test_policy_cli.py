@@ -53,7 +53,7 @@ def test_check_passes_with_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "check", "--run-config", RUN, "--manifest", MANIFEST,
                              "--today", "2026-11-24")
     assert code == 0 and err == ""
-    assert out.startswith("# fedguard policy report") and "baseline 2026.11, gdpr 2026.11" in out
+    assert out.startswith("# fedguard policy report") and "baseline 2026.12, gdpr 2026.12" in out
 
 
 def test_check_fails_with_exit_1_and_writes_report(
@@ -80,7 +80,7 @@ def test_check_json_and_audit_log(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert data["failing_nodes"] == {"nc": ["P9.noncommercial-licence"]}
     assert {p["name"] for p in data["packs"]} == {"baseline", "gdpr", "pipl", "cn-genai",
                                                  "eu-ai-act"}
-    assert AuditLog(log).verify().count == len(data["verdicts"]) + 1
+    assert AuditLog(log).verify(None).count == len(data["verdicts"]) + 1
 
 
 def test_param_override_from_cli(capsys: pytest.CaptureFixture[str]) -> None:

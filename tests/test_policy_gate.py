@@ -38,7 +38,7 @@ def test_gate_uses_config_packs_data_dir_packs_and_audits(tmp_path: Path) -> Non
     assert report.summary() == "policy check failed: 2: H1.enough-records"
     entries = list(log.entries())
     assert len(entries) == len(report.verdicts) + 1
-    assert entries[-1]["payload"]["run_id"] == "run-1" and log.verify().ok
+    assert entries[-1]["payload"]["run_id"] == "run-1" and log.verify(None).ok
 
 
 def test_gate_passes_and_says_so(tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ def test_audit_verdicts_writes_every_decision(tmp_path: Path, report: PolicyRepo
     assert {(f["rule"], f["node"]) for f in fails} == {
         ("P9.noncommercial-licence", "b"), ("P6.secagg-min-nodes", None)
     }
-    assert log.verify().ok
+    assert log.verify(None).ok
 
 
 def test_markdown_escapes_table_pipes() -> None:

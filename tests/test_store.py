@@ -9,6 +9,7 @@ import torch
 
 from server.store import RunStore, StoreError
 from server.store.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_file
+from server.store.records import VerdictRecord
 
 
 def test_run_round_node_and_event_rows_round_trip(tmp_path) -> None:
@@ -85,14 +86,18 @@ def test_manifests_verdicts_and_artifacts_round_trip(tmp_path) -> None:
     store.start_run("r", {}, num_rounds=1)
     store.record_manifest("r", 7, "abc", {"dataset": "x", "licence": "CC-BY-4.0"})
     store.record_verdicts("r", [
-        {"rule_id": "P9", "pack": "baseline", "node_id": 7, "verdict": "fail",
-         "severity": "fail", "citation": "licence terms", "detail": {"evidence": {"l": "NC"}}},
-        {"rule_id": "P5", "pack": "baseline", "node_id": None, "verdict": "pass",
-         "severity": "fail"},
+        VerdictRecord("P9", "baseline", "7", "fail", "fail", "licence terms", pid="P9",
+                      title={"en": "Licence fits purpose"},
+                      explain={"en": "Fix the licence.", "zh": "请修正许可。"},
+                      evidence={"l": "NC"}, verified="2026-12-01"),
+        VerdictRecord("P5", "baseline", "", "pass", "fail"),
     ])
     store.set_artifact("r", "provenance", tmp_path / "p.json", "ff")
     assert store.manifests("r")[0]["manifest"]["licence"] == "CC-BY-4.0"
-    v = {(x["rule_id"], x["node_id"]): x for x in store.verdicts("r")}
-    assert v[("P9", "7")]["detail"]["evidence"] == {"l": "NC"}
-    assert v[("P5", "")]["verdict"] == "pass"
+    v = {(x.rule_id, x.node_id): x for x in store.verdicts("r")}
+    assert v[("P9", "7")].evidence == {"l": "NC"}
+    # what the UI shows: the explanation and rule id the server wrote (blank before, #10)
+    assert v[("P9", "7")].explain["zh"] == "请修正许可。" and v[("P9", "7")].pid == "P9"
+    assert v[("P9", "7")].verified == "2026-12-01"
+    assert v[("P5", "")].verdict == "pass"
     assert store.artifacts("r")["provenance"]["sha256"] == "ff"

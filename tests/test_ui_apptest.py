@@ -291,18 +291,17 @@ def test_policy_report_round_trips_from_stored_rows(home: RecordedRun) -> None:
 # --- Provenance ------------------------------------------------------------------------------
 
 
-def sign_as_server(run: RecordedRun) -> str:
-    """Re-sign the run's record with the data dir's own key, as the server does (which also
-    publishes signing-key.pub); returns that public key. The shared fixture signs with a
-    throwaway key."""
-    signed = load_record(run.provenance)
-    write_record(run.provenance, sign_record(signed["record"], load_or_create_key(run.data_dir)))
-    return read_public_key(run.data_dir / PUBLIC_KEY_FILENAME)
+def sign_as_other(run: RecordedRun) -> str:
+    """Re-sign the run's record with a key other than the data dir's; returns that key."""
+    other = Ed25519PrivateKey.generate()
+    write_record(run.provenance, sign_record(load_record(run.provenance)["record"], other))
+    return public_key_b64(other)
 
 
 @pytest.fixture(scope="module")
 def server_key(recorded: RecordedRun) -> str:
-    return sign_as_server(recorded)
+    """The fixture signs as the server does: with the data dir's key, published beside it."""
+    return read_public_key(recorded.data_dir / PUBLIC_KEY_FILENAME)
 
 
 def upload_record(at: AppTest, data: bytes, name: str = "provenance.json") -> None:
@@ -324,6 +323,7 @@ def test_provenance_of_a_run_is_checked_against_the_published_key(
 ) -> None:
     """A record in the store signed by any key but the data dir's does not pass."""
     run = build_recorded_run(tmp_path)
+    signer = sign_as_other(run)
     monkeypatch.setenv("FEDGUARD_HOME", str(tmp_path))
     (tmp_path / PUBLIC_KEY_FILENAME).unlink(missing_ok=True)
     at = page("provenance", run=RUN_ID)
@@ -336,7 +336,7 @@ def test_provenance_of_a_run_is_checked_against_the_published_key(
     assert not at.success
     error = at.error[0].value
     assert "signed by a key other than the trusted one" in error
-    assert key_id(published) in error and key_id(run.public_key) in error
+    assert key_id(published) in error and key_id(signer) in error
 
 
 def test_provenance_detects_a_different_model_and_untrusted_key(
@@ -515,7 +515,6 @@ def test_provenance_of_a_run_whose_files_moved(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = build_recorded_run(tmp_path)
-    sign_as_server(run)
     run.model.unlink()  # the final checkpoint is gone: the model check is off by default
     monkeypatch.setenv("FEDGUARD_HOME", str(tmp_path))
     at = page("provenance", run=RUN_ID)

@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from privacy.compliance.manifest import loads_manifest
 from privacy.compliance.policy import evaluate, load_packs
 from privacy.compliance.provenance import build_record, sign_record, write_record
-from privacy.compliance.signing import public_key_b64
+from privacy.compliance.signing import load_or_create_key, public_key_b64
+from server.compliance.gate import verdict_records
 from server.store import RunStore
 
 RUN_ID = "run-ui-demo"
@@ -53,6 +52,12 @@ RUN_CONFIG: dict[str, Any] = {
     "dp-privacy-unit": "record",
     "server-country": "DE",
     "policy-packs": "baseline,gdpr",
+    "audit-log": True,
+    "aggregator-role": "joint-controller",
+    "high-risk": False,
+    "automated-decisions": False,
+    "genai-public-cn": False,
+    "gpai-provider-eu": False,
 }
 
 RUN_TOML = """\
@@ -72,6 +77,12 @@ dp-clip-norm = 1.0
 dp-noise-multiplier = 1.1
 dp-privacy-unit = "record"
 server-country = "DE"
+audit-log = true
+aggregator-role = "joint-controller"
+high-risk = false
+automated-decisions = false
+genai-public-cn = false
+gpai-provider-eu = false
 """
 
 MANIFEST_TOML = """\
@@ -223,21 +234,14 @@ def _build(store: RunStore, data_dir: Path, with_live_run: bool) -> RecordedRun:
 
     packs = load_packs(RUN_CONFIG["policy-packs"])
     report = evaluate(RUN_CONFIG, dict.fromkeys(NODES, manifest), packs)
-    store.record_verdicts(RUN_ID, [
-        {
-            "rule_id": v.rule_id, "pack": v.pack, "node_id": v.node or "", "verdict": v.status,
-            "severity": v.severity, "citation": v.citation,
-            "detail": {"title": v.title, "message": v.explain, "evidence": v.evidence},
-        }
-        for v in report.verdicts
-    ])
+    store.record_verdicts(RUN_ID, verdict_records(report))  # the server's own writer
     md_path, json_path = run_dir / "policy-report.md", run_dir / "policy-report.json"
     md_path.write_text(report.to_markdown("en"), encoding="utf-8")
     json_path.write_text(report.to_json(), encoding="utf-8")
     store.set_artifact(RUN_ID, "report-md", md_path)
     store.set_artifact(RUN_ID, "report-json", json_path)
 
-    key = Ed25519PrivateKey.generate()
+    key = load_or_create_key(data_dir)  # the server's key; publishes signing-key.pub
     record = build_record(
         checkpoints[-1][1], checkpoints,
         {n: hashlib.sha256(n.encode()).hexdigest() for n in NODES},

@@ -37,6 +37,7 @@ from privacy.compliance.policy import (
     load_run_config,
 )
 from privacy.compliance.policy.report import STATUSES
+from server.store.records import VerdictRecord
 
 MAX_TOML_BYTES = 256 * 1024
 LANGS = {"en": "English", "zh": "中文"}
@@ -63,37 +64,27 @@ def pack_dirs() -> list[Path]:
     return [data_dir() / "policy-packs"]
 
 
-def _text(value: Any, lang: str) -> str:
-    """A stored title/message: a {en, zh} table or plain text."""
-    if isinstance(value, dict):
-        return str(value.get(lang) or value.get("en") or next(iter(value.values()), ""))
-    return "" if value is None else str(value)
-
-
-def _both(value: Any) -> dict[str, str]:
-    return {"en": _text(value, "en"), "zh": _text(value, "zh")}
-
-
-def report_from_rows(rows: list[dict[str, Any]]) -> PolicyReport:
-    """Rebuild a PolicyReport from stored verdict rows, so stored runs download like fresh ones.
+def report_from_rows(rows: list[VerdictRecord]) -> PolicyReport:
+    """Rebuild a PolicyReport from the stored verdicts, so stored runs download like fresh ones.
 
     Pack versions are read from the installed packs when they still exist (the run store keeps
     only pack names); an unknown status is reported as `info` with a note rather than dropped.
     """
     verdicts = []
     for r in rows:
-        detail = r.get("detail") if isinstance(r.get("detail"), dict) else {}
-        status, note = str(r.get("verdict", "")), str(detail.get("note") or "")
+        status, note = r.verdict, r.note
         if status not in STATUSES:
             note = "; ".join(n for n in (note, f"stored verdict {status!r}") if n)
             status = "info"
-        evidence = detail.get("evidence")
+        title = r.title or {"en": r.rule_id}
         verdicts.append(Verdict(
-            rule_id=str(r["rule_id"]), pid=detail.get("pid"), pack=str(r.get("pack", "")),
-            node=str(r.get("node_id") or "") or None, status=status,
-            severity=str(r.get("severity", "")), citation=str(r.get("citation", "")),
-            title=_both(detail.get("title") or r["rule_id"]), explain=_both(detail.get("message")),
-            evidence=evidence if isinstance(evidence, dict) else {}, note=note,
+            rule_id=r.rule_id, pid=r.pid, pack=r.pack, node=r.node_id or None, status=status,
+            severity=r.severity, citation=r.citation,
+            title={"en": title.get("en", ""), "zh": title.get("zh") or title.get("en", "")},
+            explain={"en": r.explain.get("en", ""),
+                     "zh": r.explain.get("zh") or r.explain.get("en", "")},
+            evidence=r.evidence if isinstance(r.evidence, dict) else {}, note=note,
+            verified=r.verified,
         ))
     names = sorted({v.pack for v in verdicts if v.pack})
     found = available_packs(pack_dirs())

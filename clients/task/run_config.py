@@ -26,14 +26,17 @@ class ConfigError(ValueError):
 
 def _key(default: Any, help: str, section: str, *, choices: tuple[str, ...] = (),
          lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-         hi_open: bool = False) -> Any:
+         hi_open: bool = False, undecided: type | None = None) -> Any:
+    """A schema entry. `undecided=bool` (or float) with default "" is a fact the coordinator
+    must decide: "" means not declared, which a policy rule never treats as a pass."""
     meta = {"help": help, "section": section, "choices": choices, "lo": lo, "hi": hi,
-            "lo_open": lo_open, "hi_open": hi_open}
+            "lo_open": lo_open, "hi_open": hi_open, "undecided": undecided}
     return field(default=default, metadata=meta)
 
 
-S_RUN, S_TRAIN, S_DP, S_UDP, S_SEC, S_AGG, S_POL = (
-    "run", "training", "dp", "user-level dp", "secure aggregation", "aggregation", "compliance")
+S_RUN, S_TRAIN, S_DP, S_UDP, S_SEC, S_AGG, S_POL, S_AIA, S_CN = (
+    "run", "training", "dp", "user-level dp", "secure aggregation", "aggregation", "compliance",
+    "compliance: EU AI Act", "compliance: China generative AI")
 
 
 @dataclass(frozen=True)
@@ -115,11 +118,46 @@ class RunConfig:
     node_auth: bool = _key(False, "deployment authenticates nodes (set by fedguard-server run)",
                            S_POL)
     server_country: str = _key("", "ISO country of the aggregation server", S_POL)
-    high_risk: bool = _key(False, "EU AI Act high-risk use", S_POL)
+    server_dpf_certified: bool = _key(False, "a US server's operator is certified under the "
+                                      "EU-US Data Privacy Framework", S_POL)
+    aggregator_role: str = _key("", "who runs the aggregator for the nodes", S_POL,
+                                choices=("", "processor", "joint-controller", "controller"))
     automated_decisions: bool = _key(False, "the model feeds automated decisions", S_POL)
     human_review: bool = _key(False, "those decisions have human review", S_POL)
-    genai_public_cn: bool = _key(False, "a public generative-AI service in China", S_POL)
-    gpai_provider_eu: bool = _key(False, "an EU general-purpose AI model provider", S_POL)
+    high_risk: bool = _key(False, "EU AI Act high-risk use (Annex III)", S_AIA)
+    high_risk_category: str = _key("", "Annex III category, e.g. creditworthiness", S_AIA)
+    ai_act_role: str = _key("", "provider or deployer of the AI system", S_AIA,
+                            choices=("", "provider", "deployer", "both"))
+    deployer_public_service: Any = _key("", "the deployer is a public body or provides a public "
+                                        "service (Art. 27)", S_AIA, undecided=bool)
+    data_governance_doc: str = _key("", "Art. 10 data governance documentation", S_AIA)
+    risk_management_doc: str = _key("", "Art. 9 risk management system", S_AIA)
+    technical_doc: str = _key("", "Art. 11 / Annex IV technical documentation", S_AIA)
+    human_oversight_doc: str = _key("", "Art. 14 human oversight design", S_AIA)
+    doc_retention_years: int = _key(0, "years the documentation is kept (Art. 18)", S_AIA, lo=0)
+    system_logging: bool = _key(False, "the deployed system logs events (Art. 12)", S_AIA)
+    log_retention_days: int = _key(0, "days the deployed system's logs are kept", S_AIA, lo=0)
+    deployer_procedures: str = _key("", "Art. 26 deployer procedures", S_AIA)
+    fria_ref: str = _key("", "Art. 27 fundamental-rights impact assessment", S_AIA)
+    gpai_provider_eu: bool = _key(False, "an EU general-purpose AI model provider", S_AIA)
+    copyright_policy: str = _key("", "Art. 53(1)(c) copyright policy", S_AIA)
+    training_summary: str = _key("", "Art. 53(1)(d) public training-content summary", S_AIA)
+    gpai_technical_doc: str = _key("", "Art. 53(1)(a) technical documentation", S_AIA)
+    gpai_downstream_info: str = _key("", "Art. 53(1)(b) information for downstream providers",
+                                     S_AIA)
+    gpai_open_source: bool = _key(False, "released under a free and open-source licence",
+                                  S_AIA)
+    gpai_systemic_risk: Any = _key("", "the GPAI model has systemic risk (Art. 51)", S_AIA,
+                                   undecided=bool)
+    gpai_training_flop: Any = _key("", "training compute in FLOP (Art. 51(2))", S_AIA,
+                                   undecided=float)
+    gpai_systemic_risk_measures: str = _key("", "Art. 55 measures", S_AIA)
+    genai_public_cn: bool = _key(False, "a public generative-AI service in China", S_CN)
+    algorithm_filing: str = _key("", "algorithm filing number", S_CN)
+    content_labels: bool = _key(False, "AI-generated content is labelled", S_CN)
+    base_model: str = _key("", "the foundation model training starts from", S_CN)
+    base_model_source: str = _key("", "where the base model was obtained", S_CN)
+    base_model_licence: str = _key("", "the base model's licence (SPDX)", S_CN)
 
     # --- parsing ------------------------------------------------------------------------------
     @classmethod
@@ -168,6 +206,18 @@ class RunConfig:
 
 
 def _coerce(key: str, value: Any, default: Any, meta: Mapping[str, Any]) -> Any:
+    undecided = meta.get("undecided")
+    if undecided is not None:
+        if value == "" or value is None:
+            return ""
+        if undecided is bool and isinstance(value, bool):
+            return value
+        if undecided is float and isinstance(value, int | float) and not isinstance(
+                value, bool) and math.isfinite(value):
+            return float(value)
+        what = "true or false" if undecided is bool else "a number"
+        raise ConfigError(f"run config {key}={value!r}: expected {what}, or \"\" while "
+                          "undecided")
     kind = type(default)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)

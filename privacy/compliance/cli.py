@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from privacy.compliance.audit import AuditError, AuditLog
 from privacy.compliance.manifest import Manifest, ManifestError, load_manifest
@@ -67,6 +67,8 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--out", type=Path, help="write the report here instead of stdout")
     check.add_argument("--today", help="evaluation date YYYY-MM-DD (default: today, UTC)")
     check.add_argument("--audit-log", type=Path, help="also append every verdict to this log")
+    check.add_argument("--mode", choices=("deployment", "simulation"), default="deployment",
+                       help="judge the run as a real deployment (default) or a simulation")
 
     lister = sub.add_parser("list-rules", help="list the rules of the selected packs")
     _pack_args(lister)
@@ -122,8 +124,15 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write(path, text.encode("utf-8"))
 
 
-def _cmd_check(args: argparse.Namespace) -> int:
+# Fills in what the server adds to a run config before judging it (defaults, derived facts);
+# the `fedguard-policy` console script passes the server's own (server/policy_cli.py).
+Prepare = Callable[[dict[str, Any], str], dict[str, Any]]
+
+
+def _cmd_check(args: argparse.Namespace, prepare: Prepare | None = None) -> int:
     config = load_run_config(args.run_config)
+    if prepare is not None:
+        config = prepare(config, args.mode)
     run = RunFacts.from_config(config)
     manifests = _manifests(args.manifest)
     params = {**parse_param_overrides(run.policy_params or ""),
@@ -214,11 +223,11 @@ def _cmd_provenance(args: argparse.Namespace) -> int:
     return 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prepare: Prepare | None = None) -> int:
     try:
         args = _build_parser().parse_args(argv)
         handler = {
-            "check": _cmd_check,
+            "check": lambda a: _cmd_check(a, prepare),
             "list-rules": _cmd_list,
             "verify-audit": _cmd_audit,
             "verify-provenance": _cmd_provenance,

@@ -14,9 +14,8 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from clients.local_update import local_evaluate, local_train
-from clients.task import TaskConfig, load_server_testset, new_model
-from clients.training import evaluate
+from clients.training.loop import evaluate
+from clients.training.node import node_runtime
 
 server = ServerApp()
 client = ClientApp()
@@ -24,9 +23,9 @@ client = ClientApp()
 
 @client.train()
 def train(msg: Message, context: Context) -> Message:
-    task = TaskConfig()
+    runtime = node_runtime(context.run_config, context.node_config, context.run_id)
     state = msg.content["arrays"].to_torch_state_dict()
-    out = local_train(task, context.node_config, state, int(msg.content["config"]["server-round"]))
+    out = runtime.train(state, int(msg.content["config"]["server-round"]), False)
     return Message(
         RecordDict({"arrays": ArrayRecord(out.state), "metrics": MetricRecord(out.metrics)}),
         reply_to=msg,
@@ -35,8 +34,9 @@ def train(msg: Message, context: Context) -> Message:
 
 @client.evaluate()
 def evaluate_local(msg: Message, context: Context) -> Message:
-    metrics = local_evaluate(TaskConfig(), context.node_config,
-                             msg.content["arrays"].to_torch_state_dict())
+    runtime = node_runtime(context.run_config, context.node_config, context.run_id)
+    sums = runtime.evaluate(msg.content["arrays"].to_torch_state_dict())
+    metrics = {"num-examples": sums.examples, **sums.means()} if sums else {"num-examples": 0.0}
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
@@ -45,17 +45,22 @@ def main(grid: Grid, context: Context) -> None:
     import torch
 
     torch.set_num_threads(1)
-    task = TaskConfig()
-    model, test = new_model(task), load_server_testset(task)
+    from clients.task import RunConfig, TaskContext, load_task
+
+    cfg = RunConfig.parse(context.run_config)
+    ctx = TaskContext(context.run_config, {}, cfg.seed)
+    task = load_task(cfg.task, ctx)
+    model, test = task.build_model(ctx), task.evaluation_set(ctx)
     stamps: list[float] = []
 
     def central(rnd: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
-        loss, acc = evaluate(model, test)
+        means = evaluate(model, test, task.criterion(), task.metric_fn()).means()
         stamps.append(time.time())
-        return MetricRecord({"loss": loss, "accuracy": acc})
+        return MetricRecord({"loss": means["loss"], "accuracy": means.get("accuracy", 0.0)})
 
-    FedAvg(fraction_evaluate=float(context.run_config["fraction-evaluate"])).start(
+    fraction = 0.5 if cfg.federated_evaluation else 0.0
+    FedAvg(fraction_evaluate=fraction, weighted_by_key="num-examples").start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
         num_rounds=int(context.run_config["num-server-rounds"]),

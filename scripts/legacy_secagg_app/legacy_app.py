@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 from flwr.app import Context
 from flwr.client import Client, ClientApp, NumPyClient
@@ -25,29 +24,21 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
 
 
-def _task(context: Context) -> Any:
-    from clients.task import TaskConfig
-
-    return TaskConfig.from_run_config(context.run_config)
-
-
 class LegacyClient(NumPyClient):
     """One node: fedguard's local training on its partition, parameters as a list of ndarrays."""
 
     def __init__(self, context: Context) -> None:
-        self.task = _task(context)
-        self.node_config = dict(context.node_config)
+        from clients.training.node import node_runtime
+
+        self.runtime = node_runtime(context.run_config, context.node_config, context.run_id)
 
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict]:
         import torch
 
-        from clients.local_update import local_train
-        from clients.task import new_model
-
         torch.set_num_threads(1)
-        keys = list(new_model(self.task).state_dict().keys())
+        keys = list(self.runtime.task.build_model(self.runtime.ctx).state_dict().keys())
         state = {k: torch.from_numpy(v.copy()) for k, v in zip(keys, parameters, strict=True)}
-        out = local_train(self.task, self.node_config, state, int(config.get("server-round", 0)))
+        out = self.runtime.train(state, int(config.get("server-round", 0)), False)
         assert out.state is not None  # no DP here, so no refusals
         arrays = [v.detach().cpu().numpy() for v in out.state.values()]
         metrics = {k: float(v) for k, v in out.metrics.items()}
@@ -66,13 +57,14 @@ server = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     import torch
 
-    from clients.task import load_server_testset, new_model
-    from clients.training import evaluate
+    from clients.task import RunConfig, TaskContext, load_task
+    from clients.training.loop import evaluate
 
     torch.set_num_threads(1)
     cfg = context.run_config
-    task = _task(context)
-    model, test = new_model(task), load_server_testset(task)
+    ctx = TaskContext(cfg, {}, RunConfig.parse(cfg).seed)
+    task = load_task(RunConfig.parse(cfg).task, ctx)
+    model, test = task.build_model(ctx), task.evaluation_set(ctx)
     keys = list(model.state_dict().keys())
     out = str(cfg["timing-file"])
     stamps: list[float] = []
@@ -80,7 +72,8 @@ def main(grid: Grid, context: Context) -> None:
     def central(rnd: int, arrays: NDArrays, _: dict[str, Scalar]) -> tuple[float, dict]:
         state = {k: torch.from_numpy(v.copy()) for k, v in zip(keys, arrays, strict=True)}
         model.load_state_dict(state, strict=True)
-        loss, acc = evaluate(model, test)
+        means = evaluate(model, test, task.criterion(), task.metric_fn()).means()
+        loss, acc = means["loss"], means.get("accuracy", 0.0)
         stamps.append(time.time())
         if out:
             with open(out, "w", encoding="utf-8") as fh:

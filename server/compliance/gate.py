@@ -58,6 +58,15 @@ def run_block_lines(report: PolicyReport) -> list[str]:
     return [f"run: {_rule_line(report, r, None)}" for r in report.failing_run_rules]
 
 
+def verdict_records(report: PolicyReport) -> list[VerdictRecord]:
+    """A policy report as the run store keeps it (what the UI and the assistant read)."""
+    return [VerdictRecord(rule_id=v.rule_id, pack=v.pack, node_id=v.node or "",
+                          verdict=v.status, severity=v.severity, citation=v.citation,
+                          pid=v.pid, title=dict(v.title), explain=dict(v.explain),
+                          evidence=v.evidence, note=v.note, verified=v.verified)
+            for v in report.verdicts]
+
+
 def request_admission(grid: Grid, node_ids: Iterable[int], timeout: float) -> dict[str, Any]:
     """Ask nodes for their manifest and data check; silent or failing nodes are absent."""
     messages = [
@@ -94,6 +103,9 @@ class AdmissionGate:
         self.checked: set[int] = set()
         self.excluded: dict[str, str] = {}  # node -> one line: rule, check, fix
         self.manifest_sha: dict[str, str] = {}
+        # every manifest seen so far: facts across nodes (who receives the model, foreign
+        # parties) are judged over the whole federation, not one batch of newcomers
+        self.manifests: dict[str, Manifest | None] = {}
         self.metric_names: list[str] | None = None
         self.report: PolicyReport | None = None
 
@@ -150,7 +162,6 @@ class AdmissionGate:
     def _check(self, grid: Grid, node_ids: list[int]) -> None:
         self.checked.update(node_ids)
         answers = request_admission(grid, node_ids, self.timeout)
-        manifests: dict[str, Manifest | None] = {}
         data_ok: list[int] = []
         for nid in node_ids:
             key = str(nid)
@@ -175,12 +186,12 @@ class AdmissionGate:
             data_ok.append(nid)
             if not self.enabled:
                 continue
-            manifests[key] = self._manifest(nid, answer)
+            self.manifests[key] = self._manifest(nid, answer)
         if not self.enabled:
             self.allowed.update(data_ok)
             return
-        if manifests:
-            report = self._evaluate(manifests)
+        if data_ok:
+            report = self._evaluate(self.manifests)
             failing = report.failing_nodes
         else:
             report, failing = self.report, {}
@@ -224,14 +235,7 @@ class AdmissionGate:
         return report
 
     def _store(self, report: PolicyReport) -> None:
-        self.run.store.record_verdicts(self.run.run_id, [
-            VerdictRecord(rule_id=v.rule_id, pack=v.pack, node_id=v.node or "",
-                          verdict=v.status, severity=v.severity, citation=v.citation,
-                          pid=v.pid, title=dict(v.title), explain=dict(v.explain),
-                          evidence=v.evidence, note=v.note,
-                          checked=str(getattr(v, "checked", "") or ""))
-            for v in report.verdicts
-        ])
+        self.run.store.record_verdicts(self.run.run_id, verdict_records(report))
         lang = str(self.config.get("report-lang", "en"))
         lang = lang if lang in ("en", "zh") else "en"
         for kind, name, text in (

@@ -58,11 +58,11 @@ class VerdictRecord:
     explain: dict[str, str] = field(default_factory=dict)
     evidence: Any = None
     note: str = ""
-    checked: str = ""  # when the rule's legal basis was last verified, if the pack says
+    verified: str = ""  # when the rule's legal basis was last verified ("" = not re-checked)
 
     def detail(self) -> dict[str, Any]:
         return {"pid": self.pid, "title": self.title, "explain": self.explain,
-                "evidence": self.evidence, "note": self.note, "checked": self.checked}
+                "evidence": self.evidence, "note": self.note, "verified": self.verified}
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> VerdictRecord:
@@ -73,7 +73,7 @@ class VerdictRecord:
                    severity=str(row.get("severity", "")), citation=str(row.get("citation", "")),
                    pid=d.get("pid"), title=_text(d.get("title")), explain=_text(d.get("explain")),
                    evidence=d.get("evidence"), note=str(d.get("note") or ""),
-                   checked=str(d.get("checked") or ""))
+                   verified=str(d.get("verified") or ""))
 
 
 @dataclass(frozen=True)
