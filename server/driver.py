@@ -42,7 +42,7 @@ def _say(message: str) -> None:
 def check_task_for_run(run: FederatedRun, cfg: RunConfig) -> None:
     """Before round 1: the task builds its model, and under DP Opacus can privatise it."""
     if cfg.dp:
-        from clients.training.privacy import check_private_model
+        from clients.task.checks import check_private_model
 
         check_private_model(run.task.build_model(run.ctx))
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from clients.task.contract import Task, TaskContext
-from clients.training.loop import Sums, evaluate
+from clients.task.evaluation import Sums, evaluate
 from privacy.compliance.audit import AuditLog
 from server.store.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from server.store.records import FEDERATED, OK, SERVER, TRAIN

@@ -1,0 +1,1 @@
+"""The knowledge base: bilingual YAML entries, one file per topic (see knowledge_base.py)."""

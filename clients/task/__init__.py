@@ -16,6 +16,9 @@ from typing import Any
 
 _EXPORTS = {
     "check_node_data": "checks",
+    "check_private_model": "checks",
+    "Sums": "evaluation",
+    "evaluate": "evaluation",
     "KINDS": "contract",
     "DataError": "contract",
     "NodeData": "contract",

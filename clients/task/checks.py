@@ -62,3 +62,25 @@ def _check_label(y: torch.Tensor, schema: TensorSchema, where: str) -> None:
     if schema.num_classes is not None and not 0 <= label < schema.num_classes:
         raise TaskError(f"{where}: label {label} is outside 0..{schema.num_classes - 1}; "
                         "relabel to the task's classes")
+
+
+def check_private_model(model: torch.nn.Module) -> None:
+    """Refuse, in one line, a model Opacus cannot give per-sample gradients for, naming the
+    first unsupported layer and the fix (before round 1, so no node trains a run it can't)."""
+    from opacus.utils.module_utils import trainable_modules
+    from opacus.validators import ModuleValidator
+
+    model.train()
+    for name, module in trainable_modules(model):
+        validator = ModuleValidator.VALIDATORS.get(type(module))
+        errors = validator(module) if validator else []
+        if errors:
+            kind = type(module).__name__
+            fix = ("replace it with GroupNorm (opacus ModuleValidator.fix does this)"
+                   if "BatchNorm" in kind else "replace it with a layer Opacus supports")
+            why = str(errors[0]).splitlines()[0].split(". ")[0][:120]
+            raise TaskError(f"the task's model cannot be trained with DP-SGD: {kind} at "
+                            f"{name or 'the top level'!r} is not supported ({why}); {fix}")
+    if ModuleValidator.validate(model, strict=False):  # anything the per-layer pass missed
+        raise TaskError("the task's model cannot be trained with DP-SGD: "
+                        f"{str(ModuleValidator.validate(model)[0]).splitlines()[0][:160]}")

@@ -17,9 +17,10 @@ import torch
 
 from clients.task.checks import check_node_data
 from clients.task.contract import NodeData, Task, TaskContext, TaskError
+from clients.task.evaluation import Sums, evaluate
 from clients.task.loading import find_app_dir, load_task
 from clients.task.run_config import RunConfig
-from clients.training.loop import Sums, evaluate, make_loader, pick_device, train_epochs
+from clients.training.loop import make_loader, pick_device, train_epochs
 from clients.training.privacy import open_session
 
 State = dict[str, torch.Tensor]
@@ -60,7 +61,7 @@ class NodeRuntime:
         """Check the node's data against the task's schema (and DP's needs); its size."""
         n = check_node_data(self.data, self.task.data_schema(self.ctx), self.task.kind)
         if self.cfg.dp:
-            from clients.training.privacy import check_private_model
+            from clients.task.checks import check_private_model
 
             check_private_model(self.task.build_model(self.ctx))
         return n

@@ -14,7 +14,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from clients.training.loop import evaluate
+from clients.task.evaluation import evaluate
 from clients.training.node import node_runtime
 
 server = ServerApp()

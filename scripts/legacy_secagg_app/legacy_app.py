@@ -58,7 +58,7 @@ def main(grid: Grid, context: Context) -> None:
     import torch
 
     from clients.task import RunConfig, TaskContext, load_task
-    from clients.training.loop import evaluate
+    from clients.task.evaluation import evaluate
 
     torch.set_num_threads(1)
     cfg = context.run_config

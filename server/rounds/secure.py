@@ -21,8 +21,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
 from clients.task import wire
+from clients.task.evaluation import Sums
 from clients.task.run_config import RunConfig
-from clients.training.loop import Sums
 from privacy.secagg import (
     SecAggAbort,
     SecAggError,

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from clients.task import wire
-from clients.training.loop import Sums
+from clients.task.evaluation import Sums
 
 
 def clear_summary(replies: Iterable[Mapping[str, Any]], prefix: str) -> Sums | None:

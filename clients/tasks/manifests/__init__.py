@@ -1,0 +1,1 @@
+"""Manifests of the bundled datasets, sent by virtual nodes in simulations."""
