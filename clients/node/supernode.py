@@ -1,7 +1,13 @@
-"""Launch a real Flower SuperNode for this node, with its data path in the node config."""
+"""Launch a real Flower SuperNode for this node, with its data path in the node config.
+
+By default the SuperNode runs with `--isolation process` and fedguard's warm executor
+(clients/node/executor.py) serves its Runtime API, so one long-lived process runs every message;
+`warm=False` keeps Flower's own per-message `flwr-clientapp` processes.
+"""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,8 +49,11 @@ class SuperNode:
     root_certificates: Path | None = None
     auth_private_key: Path | None = None
     auth_public_key: Path | None = None
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=free_port)  # the SuperNode's Runtime API
+    warm: bool = True
+    flwr_home: Path | None = None
     process: Process | None = None
+    executor: Process | None = None
 
     @property
     def log_path(self) -> Path:
@@ -56,7 +65,7 @@ class SuperNode:
             "--superlink", self.superlink,
             "--host", "127.0.0.1",
             "--port", str(self.port),
-            "--isolation", "subprocess",
+            "--isolation", "process" if self.warm else "subprocess",
             "--max-retries", "30",
             "--max-wait-time", "120",
         ]
@@ -72,24 +81,54 @@ class SuperNode:
             cmd += ["--auth-supernode-public-key", str(self.auth_public_key)]
         return cmd
 
+    def executor_command(self) -> list[str]:
+        return [sys.executable, "-m", "clients.node.executor", "--runtime-api",
+                f"127.0.0.1:{self.port}"]
+
+    def env(self) -> dict[str, str]:
+        return flower_env(self.flwr_home or self.workdir / "flwr-home")
+
     def start(self) -> SuperNode:
-        self.process = Process(self.command(), self.log_path, flower_env(), self.workdir).start()
-        time.sleep(0.5)
-        if not self.process.alive():
-            raise NodeLaunchError(str(self.process.exited_error()))
+        self.process = Process(self.command(), self.log_path, self.env(), self.workdir).start()
+        try:
+            if self.warm:
+                self.process.wait_port(self.port, 60.0)
+                self.start_executor()
+            else:
+                time.sleep(0.5)
+            if not self.process.alive():
+                raise NodeLaunchError(str(self.process.exited_error()))
+        except LaunchError as err:
+            self.stop()
+            raise NodeLaunchError(str(err)) from None
         return self
+
+    def start_executor(self) -> None:
+        log = self.workdir / f"executor-{self.port}.log"
+        self.executor = Process(self.executor_command(), log, self.env(), self.workdir).start()
+
+    def ensure_executor(self) -> bool:
+        """Restart the warm executor if it died (a crash in a task); True if it was."""
+        if not self.warm or (self.executor is not None and self.executor.alive()):
+            return False
+        if self.alive():
+            self.start_executor()
+            return True
+        return False
 
     def alive(self) -> bool:
         return self.process is not None and self.process.alive()
 
     def kill(self) -> None:
         """SIGKILL the node and its ClientApp processes (a crash, for fault tests)."""
-        if self.process is not None:
-            self.process.kill()
+        for proc in (self.executor, self.process):
+            if proc is not None:
+                proc.kill()
 
     def stop(self, grace: float = 5.0) -> None:
-        if self.process is not None:
-            self.process.stop(grace)
+        for proc in (self.executor, self.process):
+            if proc is not None:
+                proc.stop(grace)
 
     def __enter__(self) -> SuperNode:
         return self.start()
