@@ -20,11 +20,16 @@ State = dict[str, torch.Tensor]
 
 @dataclass
 class TrainOutcome:
-    """New weights and metrics, or a refusal (the node's privacy budget would be overspent)."""
+    """New weights and metrics, or a refusal (the node's privacy budget would be overspent).
+
+    ``diagnostics`` stay on the node (logs, benchmarks): under DP they reveal the data's size
+    or shape (noise multiplier, clipped fraction), so they are never sent.
+    """
 
     state: State | None
     metrics: dict[str, float] = field(default_factory=dict)
     refusal: str = ""
+    diagnostics: dict[str, float] = field(default_factory=dict)
 
 
 @lru_cache(maxsize=8)
@@ -48,20 +53,21 @@ def local_train(
 ) -> TrainOutcome:
     """Train the global model on the node's data, under DP-SGD when the run asks for it.
 
-    With DP the node first asks its ledger whether one more round fits its budget, and records
-    the round's release before the update leaves the node (a crash can only over-count).
+    With DP the node first reserves the round in its ledger (refused if it would overspend its
+    budget), and settles the release before the update leaves the node (a crash can only
+    over-count).
     """
     data = node_data(task, node_config)
     session = open_session(task, data, node_config, run_config or {}, flower_run_id)
     if session is not None:
-        decision = session.check(server_round)
+        decision = session.reserve(server_round)
         if not decision.allowed:
             return TrainOutcome(
                 None,
                 {
                     "num-examples": 0.0,
                     "dp-epsilon-spent": decision.spent_before,
-                    "dp-epsilon-budget": decision.budget,
+                    "dp-epsilon-budget": decision.budget or 0.0,
                 },
                 refusal=decision.message,
             )
@@ -73,6 +79,7 @@ def local_train(
     # server sends the global round, so the decay continues across a resume.
     lr = task.lr if session is None else task.lr / math.sqrt(max(server_round, 1))
     optimizer = make_optimizer(model, lr)
+    diagnostics: dict[str, float] = {}
     if session is None:
         result = train_epochs(model, loader, optimizer, task.local_epochs)
         new_state, dp_metrics = model.state_dict(), {}
@@ -81,8 +88,11 @@ def local_train(
         result = train_epochs(
             private.model, private.loader, private.optimizer, task.local_epochs, private.criterion
         )
-        session.record(server_round, private)
-        dp_metrics = {**session.round_metrics(private), "dp-delta": session.cfg.delta}
+        session.settle(decision, private)
+        dp_metrics = session.round_metrics()
+        clipped = private.clipped_fraction()
+        diagnostics = {"dp-noise-multiplier": private.noise_multiplier,
+                       "dp-clipped-fraction": -1.0 if clipped is None else clipped}
         new_state = private.finish().state_dict()
     metrics = {
         "num-examples": float(len(data)),
@@ -91,7 +101,7 @@ def local_train(
         "train-time": result.seconds,
         **dp_metrics,
     }
-    return TrainOutcome(new_state, metrics)
+    return TrainOutcome(new_state, metrics, diagnostics=diagnostics)
 
 
 def local_evaluate(

@@ -1,9 +1,10 @@
 """Where a node keeps its privacy ledger and how it opens a DP-SGD session for a run.
 
-A real node names its directory (`node-data-dir`) and budget (`privacy-budget`) in its node
-config. A simulated node has neither, so it gets `<data-dir>/nodes/partition-<id>` and the run
-config's `node-privacy-budget` (0 = the run's own dp-epsilon), so simulations still exercise the
-ledger across runs.
+A real node names its directory (`node-data-dir`) in its node config; its budget lives in its
+ledger, per data source (`data-source`, else the data path), set by the node operator. A
+simulated node has no directory, so it gets `<data-dir>/nodes/partition-<id>`, data source
+`partition-<id>`, and the run config's `node-privacy-budget` (0 = the run's own dp-epsilon) at
+the run's dp-delta: in a simulation the run config plays the node operator.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from clients.data import Split
 from clients.task import ConfigError, TaskConfig
-from privacy.dp.ledger import PrivacyLedger, dataset_fingerprint
+from privacy.dp.ledger import LedgerError, PrivacyLedger, dataset_fingerprint
 
 if TYPE_CHECKING:
     from privacy.dp.dp_sgd import DPSGDSession
@@ -35,16 +36,33 @@ def node_home(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> 
     return Path(base).expanduser() / "nodes" / f"partition-{int(pid)}"
 
 
-def node_budget(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> float | None:
-    """The node's lifetime epsilon budget; None lets the session use the run's dp-epsilon."""
-    raw = node_config.get("privacy-budget", run_config.get("node-privacy-budget", 0.0))
+def data_source(node_config: Mapping[str, Any]) -> str:
+    """The stable identity the node's budget belongs to."""
+    if node_config.get("data-source"):
+        return str(node_config["data-source"])
+    if node_config.get("data-path"):
+        return str(node_config["data-path"])
+    return f"partition-{int(node_config.get('partition-id', 0))}"
+
+
+def _simulated_budget(
+    ledger: PrivacyLedger, source: str, node_config: Mapping[str, Any],
+    run_config: Mapping[str, Any], num_records: int,
+) -> None:
+    """Simulation only: set the virtual node's budget from the run config."""
+    if node_config.get("node-data-dir"):
+        return  # a real node: its operator sets the budget
+    raw = run_config.get("node-privacy-budget", 0.0)
     try:
-        value = float(raw)
+        eps = float(raw) or float(run_config.get("dp-epsilon", 8.0))
+        delta = float(run_config.get("dp-delta", 1e-5))
     except (TypeError, ValueError):
-        raise ConfigError(f"privacy-budget={raw!r}: must be a number, e.g. 8.0") from None
-    if value < 0:
-        raise ConfigError(f"privacy-budget={value}: must be > 0 (or 0 for the run's dp-epsilon)")
-    return value or None
+        raise ConfigError(f"node-privacy-budget={raw!r}: must be a number, e.g. 8.0") from None
+    try:
+        ledger.set_budget(source, eps, delta, num_records=num_records, allow_raise=True,
+                          note="simulation: node-privacy-budget")
+    except LedgerError as err:
+        raise ConfigError(str(err)) from None
 
 
 def fedguard_run_id(run_config: Mapping[str, Any], flower_run_id: int) -> str:
@@ -69,14 +87,17 @@ def open_session(
         return None
     home = node_home(node_config, run_config)
     home.mkdir(parents=True, exist_ok=True)
+    ledger = PrivacyLedger(home / LEDGER_FILE)
+    source = data_source(node_config)
+    _simulated_budget(ledger, source, node_config, run_config, len(data))
     return DPSGDSession(
-        PrivacyLedger(home / LEDGER_FILE),
+        ledger,
         cfg,
         fedguard_run_id(run_config, flower_run_id),
+        source,
         dataset_fingerprint(data.x, data.y),
         num_examples=len(data),
         batch_size=task.batch_size,
         epochs_per_round=task.local_epochs,
         rounds=int(run_config.get("num-server-rounds", 1)),
-        budget=node_budget(node_config, run_config),
     )

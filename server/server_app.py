@@ -140,9 +140,9 @@ def _run_rounds(grid: Grid, cfg: ServerConfig, run: FederatedRun, remaining: int
 
     train_config = ConfigRecord()
     if cfg.central_dp:
-        from privacy.dp.user_level import calibrate_user_level, user_level_epsilon
+        from privacy.dp.accounting import Release, calibrate_noise, epsilon
 
-        noise = calibrate_user_level(cfg.central_dp_epsilon, cfg.dp_delta, cfg.num_rounds)
+        noise = calibrate_noise(cfg.central_dp_epsilon, cfg.dp_delta, 1.0, cfg.num_rounds)
         train_config["central-dp-noise"] = noise
         train_config["central-dp-clip"] = cfg.central_dp_clip
         run.event("central-dp", f"user-level DP: noise multiplier {noise:.4g}, clip "
@@ -157,7 +157,7 @@ def _run_rounds(grid: Grid, cfg: ServerConfig, run: FederatedRun, remaining: int
         else:
             rnd = run.global_round(local_round)
             if cfg.central_dp:
-                eps = user_level_epsilon(noise, 1.0, rnd, cfg.dp_delta)
+                eps = epsilon([Release(noise, 1.0, rnd)], cfg.dp_delta)
                 run.round_extra(rnd, {"central_dp": {
                     "epsilon": eps, "delta": cfg.dp_delta, "noise_multiplier": noise,
                     "clip": cfg.central_dp_clip, "accountant": "rdp", "unit": "user"}})
