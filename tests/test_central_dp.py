@@ -23,6 +23,7 @@ from privacy.dp.user_level import (
     decode_sum,
     encode_user_update,
     global_norm,
+    record_level_release,
     reserve_user_level,
     ring_overflow_probability,
     secure_rng,
@@ -302,7 +303,7 @@ def test_user_level_rounds_are_reserved_in_the_nodes_ledger(
     refused = reserve_user_level(ledger, plan, round=1, **args)
     assert not refused.allowed and "no privacy budget for data source 'bank/loans'" in (
         refused.message)
-    sgd, user = Release(1.1, 0.02, 50), user_level_release(plan)
+    sgd, user = Release(1.1, 0.02, 50), record_level_release(plan)
     room_for_two = (epsilon([sgd, user, user], 1e-6) + epsilon([sgd, user, user, user], 1e-6)) / 2
     ledger.set_budget("bank/loans", room_for_two, 1e-6)
     (sgd_id,) = ledger.reserve("bank/loans", "r0", 1, [("dp-sgd", sgd)], num_records=5000,
@@ -313,9 +314,26 @@ def test_user_level_rounds_are_reserved_in_the_nodes_ledger(
         decision = reserve_user_level(ledger, plan, round=rnd, **args)
         if decision.allowed:
             granted += 1
-            ledger.settle(decision.reservations[0], user_level_release(plan))
+            ledger.settle(decision.reservations[0], record_level_release(plan))
     assert granted == 2  # user-level spend composes with the record-level spend
     kinds = [e.kind for e in ledger.releases("bank/loans")]
     assert kinds == ["dp-sgd", "user-level", "user-level"]
-    assert ledger.spent("bank/loans") == pytest.approx(
-        epsilon([sgd, user_level_release(plan), user_level_release(plan)], 1e-6))
+    assert ledger.spent("bank/loans") == pytest.approx(epsilon([sgd, user, user], 1e-6))
+
+
+def test_a_record_costs_the_node_more_than_its_user_level_epsilon(plan: UserLevelPlan) -> None:
+    """One record can move a node's clipped vector across the clip ball: twice the shift of
+    removing the node, so the ledger records a user-level round at doubled sensitivity."""
+    node, record = user_level_release(plan), record_level_release(plan)
+    assert (record.l2_sensitivity, record.l1_sensitivity) == (
+        2 * node.l2_sensitivity, 2 * node.l1_sensitivity)
+    assert record.variance == node.variance
+    assert epsilon([record], DELTA) > 1.5 * epsilon([node], DELTA)
+    rng = np.random.default_rng(10)
+    quiet = _quiet_plan()
+    x = rng.normal(size=DIM)
+    x /= np.linalg.norm(x)
+    with_record = encode_user_update([x], quiet, rng)
+    without = encode_user_update([-x], quiet, rng)  # a one-record node, record removed
+    shift = float(np.linalg.norm(with_record - without))
+    assert quiet.l2_sensitivity < shift <= 2 * quiet.l2_sensitivity

@@ -287,7 +287,8 @@ class PrivacyLedger:
         """Open (and by default create) the ledger at ``path``; migrate a schema-1 ledger.
 
         ``create=False`` is for read-only tools such as ``fedguard-node ledger``: looking at
-        a wrong ``--data-dir`` must not leave an empty ledger behind.
+        a wrong ``--data-dir`` must not leave an empty ledger behind (a schema-1 ledger is
+        still migrated: the migration only adds tables and keeps every row).
         """
         self.path = Path(path)
         if self.path.is_dir():
@@ -504,9 +505,9 @@ class PrivacyLedger:
     def spent(self, source: str, accountant: str = "rdp", *, delta: float | None = None) -> float:
         """Epsilon of everything that counts against ``source`` (settled and outstanding).
 
-        At the node's own delta by default. All kinds are composed together: a user-level
-        guarantee also bounds the loss of any single record, so adding it to record-level
-        spend is a valid (conservative) bound.
+        At the node's own delta by default. All kinds are composed together, each recorded at
+        its record-level cost (a user-level round is recorded with the sensitivity of one
+        record's change, see :func:`privacy.dp.user_level.record_level_release`).
         """
         _check_source(source)
         _check_accountant(accountant)

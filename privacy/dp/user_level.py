@@ -31,9 +31,13 @@ coordinate of the sum leaves the centred range (data bounded deterministically, 
 by a Chernoff bound, union over coordinates); calibration picks the largest scale that keeps
 it below the requested probability.
 
-A user-level guarantee also bounds what the release says about any single record of the node,
-so the node's ledger composes user-level releases (kind "user-level") into the same spend as
-its record-level ones: a conservative bound. Subsampling amplification is not used: a Flower
+The node's ledger counts record-level loss, and a user-level round costs there *more* than
+its user-level epsilon: the user-level guarantee is for adding or removing a whole node
+(sensitivity: one clipped vector), but adding or removing one record leaves the node in the sum
+and can move its clipped vector anywhere in the clip ball, a shift of up to twice the bound.
+So the node records a user-level round (kind "user-level") at doubled sensitivities
+(:func:`record_level_release`), which does bound its record-level loss and composes with its
+DP-SGD and metric releases in one spend. Subsampling amplification is not used: a Flower
 server chooses the nodes itself, so who took part is not hidden from it.
 """
 
@@ -68,6 +72,7 @@ __all__ = [
     "decode_sum",
     "encode_user_update",
     "global_norm",
+    "record_level_release",
     "reserve_user_level",
     "ring_overflow_probability",
     "secure_rng",
@@ -239,10 +244,10 @@ class UserLevelPlan:
 
 
 def user_level_release(plan: UserLevelPlan, shares: int | None = None) -> SkellamRelease:
-    """The Skellam release of one round that sums ``shares`` honest shares (default m_min).
+    """User-level (add/remove one node): one round that sums ``shares`` honest shares.
 
-    This is the ledger entry of a node's round (kind "user-level"): the node cannot know how
-    many shares will be summed, but the round aborts below m_min, so m_min is its worst case.
+    What the server accounts (default: m_min, the worst round it may accept). The node's
+    ledger records :func:`record_level_release` instead.
     """
     k = plan.min_contributors if shares is None else shares
     _integer("shares", k, 1)
@@ -254,6 +259,18 @@ def user_level_release(plan: UserLevelPlan, shares: int | None = None) -> Skella
     return SkellamRelease(
         k * plan.share_variance, plan.l2_sensitivity, plan.l1_sensitivity, 1
     )
+
+
+def record_level_release(plan: UserLevelPlan) -> SkellamRelease:
+    """A user-level round as the node's ledger records it: record-level, at m_min shares.
+
+    One record added or removed changes the node's clipped integer vector from ``v`` to
+    ``v'``, both within ``l2_sensitivity`` (and ``l1_sensitivity``): the sum moves by at most
+    twice each bound. The node cannot know how many shares will be summed, but the round
+    aborts below m_min, so m_min is its worst case.
+    """
+    node = user_level_release(plan)
+    return SkellamRelease(node.variance, 2 * node.l2_sensitivity, 2 * node.l1_sensitivity, 1)
 
 
 def achieved_epsilon(
@@ -474,10 +491,10 @@ def reserve_user_level(
 ) -> BudgetDecision:
     """Reserve a node's user-level round in its ledger, before its update leaves the node.
 
-    Settle it with ``ledger.settle(decision.reservations[0], user_level_release(plan))``
+    Settle it with ``ledger.settle(decision.reservations[0], record_level_release(plan))``
     once the vector is encoded, before it is sent; never cancel after sending.
     """
     return ledger.reserve(
-        source, run_id, round, [("user-level", user_level_release(plan))],
+        source, run_id, round, [("user-level", record_level_release(plan))],
         num_records=num_records, fingerprint=fingerprint,
     )
