@@ -74,7 +74,7 @@ def _clear_metrics(runtime: Any, out: Any) -> dict[str, float]:
         for key in ("loss", "train-time", "num-examples"):
             metrics.pop(key, None)
         metrics["num-examples"] = 1.0
-    if out.evaluation is not None and not runtime.cfg.dp:
+    if out.evaluation is not None:  # exact without DP; noisy, ledger-accounted sums under DP
         ev = out.evaluation
         metrics.update(wire.summary_metrics(wire.EVAL_PREFIX, ev.examples, ev.loss, ev.metrics))
     return metrics
@@ -109,9 +109,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Federated evaluation of the final model (rounds evaluate inside the train exchange)."""
     def run() -> Message:
         runtime = _runtime(context)
-        ev = runtime.evaluate(msg.content[wire.ARRAYS].to_torch_state_dict())
+        rnd = int(msg.content[wire.CONFIG].get("server-round", 0))
+        ev = runtime.evaluate(msg.content[wire.ARRAYS].to_torch_state_dict(), rnd)
         metrics = {wire.WEIGHT_KEY: 1.0}
-        if ev is not None and not runtime.cfg.dp:
+        if ev is not None:
             metrics.update(wire.summary_metrics(wire.EVAL_PREFIX, ev.examples, ev.loss,
                                                 ev.metrics))
         return Message(content=RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=msg)
@@ -180,7 +181,7 @@ def summary_tail(runtime: Any, out: Any, names: list[str], with_eval: bool,
     [examples, loss]. A node without validation data contributes zeros."""
     cfg, bound = runtime.cfg, runtime.task.loss_bound
     tail: list[float] = []
-    if with_eval:
+    if with_eval:  # noisy, ledger-accounted sums under DP (clients/training/node.py)
         ev = out.evaluation
         if ev is not None and set(ev.metrics) != set(names):
             raise wire_error(f"the task's metrics {sorted(ev.metrics)} differ from the run's "
@@ -217,8 +218,9 @@ def secagg_masked(msg: Message, context: Context) -> Message:
         if evaluate_only:
             from clients.training.node import TrainOutcome
 
+            rnd = int(round_cfg.get("server-round", 0))
             out = TrainOutcome(state, {"num-examples": 1.0},
-                               runtime.evaluate(state, bounded=True))
+                               runtime.evaluate(state, rnd, bounded=True))
         else:
             out = runtime.train(state, int(round_cfg.get("server-round", 0)),
                                 cfg.federated_evaluation)

@@ -314,12 +314,12 @@ def federated_run(
                      for k in state}  # type: ignore[index]
             model.load_state_dict(state)
             result.accuracy.append(evaluate(model, testset)[1])
-            clipped = [o.metrics["dp-clipped-fraction"] for o in done
-                       if o.metrics.get("dp-clipped-fraction", -1) >= 0]
+            clipped = [o.diagnostics["dp-clipped-fraction"] for o in done
+                       if o.diagnostics.get("dp-clipped-fraction", -1) >= 0]
             if clipped:
                 result.clipped.append(statistics.fmean(clipped))
-            sigmas = sorted(o.metrics["dp-noise-multiplier"] for o in done
-                            if "dp-noise-multiplier" in o.metrics)
+            sigmas = sorted(o.diagnostics["dp-noise-multiplier"] for o in done
+                            if "dp-noise-multiplier" in o.diagnostics)
             if sigmas:
                 result.noise_multiplier = sigmas[len(sigmas) // 2]
     result.seconds = time.perf_counter() - start

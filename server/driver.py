@@ -94,7 +94,7 @@ def drive_run(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int,
         if remaining > 0:
             gate.open(grid, cfg.node_wait_timeout)
             sorter = ReplySorter(run)
-            with_eval = cfg.federated_evaluation and not cfg.dp
+            with_eval = cfg.federated_evaluation and not (cfg.dp and cfg.dp_eval == "off")
             rounds = (SecureRounds(run, cfg, sorter, gate.metric_names or [], with_eval)
                       if cfg.secagg else PlainRounds(run, cfg, sorter))
             run_rounds(grid, run, cfg, rounds, lambda ids: gate.admit(grid, ids), remaining,

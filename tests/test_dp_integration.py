@@ -37,7 +37,7 @@ def test_spend_grows_across_rounds_and_runs_and_overspend_is_refused(tmp_path, c
         db = sqlite3.connect(path)
         # Calibrated once for the run, although each round is a separate ClientApp call.
         assert db.execute("SELECT COUNT(*) FROM calibrations").fetchone()[0] == 1
-        assert db.execute("SELECT COUNT(*) FROM releases").fetchone()[0] == 2
+        assert db.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 2
 
     # A budget between "one more round" and "two more rounds" of the same mechanism for every
     # node: run 2 may train round 1 and must refuse round 2.
@@ -62,8 +62,8 @@ def test_spend_grows_across_rounds_and_runs_and_overspend_is_refused(tmp_path, c
     assert len(trained2) == 3 and all(r["round"] == 1 for r in trained2)
     for path in ledgers:
         ledger = PrivacyLedger(path, create=False)
-        (fp,) = {e.fingerprint for e in ledger.releases()}
-        spent = ledger.spent(fp, 1e-5)
+        (source,) = ledger.sources()
+        spent = ledger.spent(source, delta=1e-5)
         assert 2.0 < spent <= budget  # grew across runs, never over budget
         runs = {e.run_id for e in ledger.releases()}
         assert run1 in runs

@@ -77,14 +77,17 @@ def test_node_privacy_falls_back_to_a_simulated_nodes_ledger(tmp_path: Path) -> 
     store.start_run("r1", {"dp": True, "dp-epsilon": 8.0, "node-privacy-budget": 6.0}, 2)
     store.close()
     ledger = PrivacyLedger(tmp_path / "nodes" / "partition-3" / LEDGER_FILE)
+    ledger.set_budget("partition-3", 50.0, 1e-5)
     for rnd in (1, 2):
-        ledger.record("r1", rnd, "f" * 64, Release(1.1, 0.1, 50), 1e-5, "rdp")
+        (rid,) = ledger.reserve("partition-3", "r1", rnd, [("dp-sgd", Release(1.1, 0.1, 50))],
+                                num_records=500, fingerprint="f" * 64).reservations
+        ledger.settle(rid, Release(1.1, 0.1, 50))
     data = RunStoreLiveSource(tmp_path).node_privacy("3")
     assert data is not None
     assert data["releases"] == 2 and data["run_id"] == "r1"
     assert data["budget"] == 6.0  # what clients/node_privacy.py gives a simulated node
     assert data["epsilon"] == pytest.approx(
-        ledger.spent("f" * 64, 1e-5, "rdp"), rel=1e-9
+        ledger.spent("partition-3"), rel=1e-9
     )
     assert data["epsilon"] > 0
     assert RunStoreLiveSource(tmp_path).node_privacy("4") is None

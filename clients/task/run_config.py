@@ -80,6 +80,11 @@ class RunConfig:
     dp_secure_mode: bool = _key(False, "Opacus secure mode (needs torchcsprng)", S_DP)
     dp_privacy_unit: str = _key("record", "what DP protects (declared for policy P4)", S_DP,
                                 choices=("record", "user"))
+    dp_eval: str = _key("final", "federated evaluation under DP, as noisy sums: of the final "
+                        "model only, after every round, or off (each release costs budget)",
+                        S_DP, choices=("final", "every", "off"))
+    dp_eval_noise: float = _key(10.0, "noise multiplier of each DP evaluation release", S_DP,
+                                lo=0.0, lo_open=True)
     node_privacy_budget: float = _key(0.0, "simulation: every virtual node's lifetime epsilon "
                                       "(0 = dp-epsilon); real nodes set their own", S_DP, lo=0.0)
     central_dp: bool = _key(False, "user-level DP: nodes clip their whole update and add a "

@@ -38,6 +38,8 @@ class TrainOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     evaluation: Sums | None = None
     refusal: str = ""
+    # stay on the node (logs, benchmarks): under DP they reveal the data's size or shape
+    diagnostics: dict[str, float] = field(default_factory=dict)
 
 
 class NodeRuntime:
@@ -86,31 +88,65 @@ class NodeRuntime:
                             "node must run the same task version") from None
         return model.to(self.device)
 
-    def evaluate(self, state: Mapping[str, torch.Tensor], bounded: bool = False) -> Sums | None:
-        """Federated evaluation on the validation set (None when the node has none)."""
+    @cached_property
+    def session(self) -> Any:
+        """The run's DP-SGD session on this node (None without DP)."""
+        return open_session(self.data.train, self.node_config, self.cfg, self.run_config,
+                            self.flower_run_id, tuple(self.metric_names), self.task.loss_bound)
+
+    def _sums(self, state: Mapping[str, torch.Tensor], bounded: bool) -> Sums | None:
         if self.data.val is None or len(self.data.val) == 0:  # type: ignore[arg-type]
             return None
         return evaluate(self.model(state), self.data.val, self.task.criterion(),
                         self.task.metric_fn(), device=self.device,
                         loss_bound=self.task.loss_bound if bounded else None)
 
+    def _private(self, decision: Any, sums: Sums | None) -> Sums:
+        """Under DP: the bounded sums with noise, settled in the ledger before they leave."""
+        from privacy.dp.metrics import COUNT, LOSS
+
+        sums = sums or Sums(0.0, 0.0, dict.fromkeys(self.metric_names, 0.0))
+        exact = {COUNT: sums.examples, LOSS: sums.loss,
+                 **{f"{m}-sum": sums.metrics.get(m, 0.0) for m in self.metric_names}}
+        noisy = self.session.release_metric_sums(decision, exact).sums
+        return Sums(noisy[COUNT], noisy[LOSS],
+                    {m: noisy[f"{m}-sum"] for m in self.metric_names})
+
+    def evaluate(self, state: Mapping[str, torch.Tensor], server_round: int = 0,
+                 bounded: bool = False) -> Sums | None:
+        """Federated evaluation on the validation set (None when the node has none, or under
+        DP when the run plans no release). Under DP the sums carry calibrated noise."""
+        if self.session is None:
+            return self._sums(state, bounded)
+        if self.cfg.dp_eval == "off" or not self.cfg.federated_evaluation:
+            return None
+        decision = self.session.reserve_metrics(server_round)
+        if not decision.allowed:
+            raise TaskError(decision.message)
+        return self._private(decision, self._sums(state, bounded=True))
+
     def train(self, state: State, server_round: int, evaluate_first: bool) -> TrainOutcome:
         """Train the global model on the node's data, under DP-SGD when the run asks for it.
 
-        With DP the node first asks its ledger whether one more round fits its budget, and
-        records the round's release before the update leaves the node (a crash over-counts).
+        Under DP the node first reserves the round in its ledger (refused if it would overspend
+        its own budget) and settles the release before the update leaves the node, so a crash
+        can only over-count. The received model is evaluated first when `evaluate_first` (under
+        DP only with `dp-eval=every`, each evaluation a noisy release the ledger accounts for).
         """
-        data = self.data
-        session = open_session(data.train, self.node_config, self.cfg, self.run_config,
-                               self.flower_run_id)
+        data, session = self.data, self.session
+        bounded = self.cfg.dp or self.cfg.central_dp or self.cfg.secagg
+        with_eval = evaluate_first and server_round > 1 and (
+            session is None or self.cfg.dp_eval == "every")
+        decision = None
         if session is not None:
-            decision = session.check(server_round)
+            decision = session.reserve(server_round, with_metrics=with_eval)
             if not decision.allowed:
                 return TrainOutcome(None, {"dp-epsilon-spent": decision.spent_before,
-                                           "dp-epsilon-budget": decision.budget},
+                                           "dp-epsilon-budget": decision.budget or 0.0},
                                     refusal=decision.message)
-        bounded = self.cfg.dp or self.cfg.central_dp
-        evaluation = self.evaluate(state, bounded) if evaluate_first else None
+        evaluation = self._sums(state, bounded) if with_eval else None
+        if with_eval and session is not None:
+            evaluation = self._private(decision, evaluation)
         model = self.model(state)
         loader = make_loader(data.train, self.cfg.batch_size, shuffle=True,
                              seed=self.cfg.seed + server_round)
@@ -120,6 +156,7 @@ class NodeRuntime:
         lr = self.cfg.lr if session is None else self.cfg.lr / math.sqrt(max(server_round, 1))
         optimizer = self.task.make_optimizer(model.parameters(), lr)
         criterion = self.task.criterion()
+        diagnostics: dict[str, float] = {}
         if session is None:
             result = train_epochs(model, loader, optimizer, criterion, self.cfg.local_epochs,
                                   self.device)
@@ -128,9 +165,11 @@ class NodeRuntime:
             private = session.make_private(model, optimizer, loader, criterion)
             result = train_epochs(private.model, private.loader, private.optimizer,
                                   private.criterion, self.cfg.local_epochs, self.device)
-            session.record(server_round, private)
-            dp_metrics = {"dp-epsilon-spent": session.spent(),
-                          "dp-epsilon-budget": session.budget, "dp-delta": session.cfg.delta}
+            session.settle(decision, private)  # before the update can leave the node
+            dp_metrics = session.round_metrics()
+            clipped = private.clipped_fraction()
+            diagnostics = {"dp-noise-multiplier": private.noise_multiplier,
+                           "dp-clipped-fraction": -1.0 if clipped is None else clipped}
             new_state = private.finish().state_dict()
         metrics = {
             "num-examples": float(len(data.train)),  # type: ignore[arg-type]
@@ -139,7 +178,7 @@ class NodeRuntime:
             **dp_metrics,
         }
         state_out = {k: v.detach().cpu() for k, v in new_state.items()}
-        return TrainOutcome(state_out, metrics, evaluation)
+        return TrainOutcome(state_out, metrics, evaluation, diagnostics=diagnostics)
 
 
 _RUNTIMES: dict[tuple[Any, ...], NodeRuntime] = {}

@@ -1,9 +1,11 @@
-"""Where a node keeps its privacy ledger and how it opens a DP-SGD session for a run.
+"""Where a node keeps its privacy ledger, whose budget a run spends, and its DP-SGD session.
 
-A real node names its directory (`node-data-dir`) and budget (`privacy-budget`) in its node
-config. A simulated node has neither, so it gets `<data-dir>/nodes/partition-<id>` and the run
-config's `node-privacy-budget` (0 = the run's own dp-epsilon), so simulations still exercise the
-ledger across runs.
+A real node names its directory (`node-data-dir`) in its node config; its budget lives in its
+ledger, per data source (`data-source`, else the data path), set by the node operator with
+`fedguard-node budget set` (a source without one refuses DP work). A simulated node has no
+directory, so it gets `<data-dir>/nodes/partition-<id>`, data source `partition-<id>`, and the
+run config's `node-privacy-budget` (0 = the run's own dp-epsilon) at the run's dp-delta: in a
+simulation the run config plays the node operator.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from clients.task.run_config import ConfigError, RunConfig
-from privacy.dp.ledger import PrivacyLedger
+from privacy.dp.ledger import LedgerError, PrivacyLedger
 
 if TYPE_CHECKING:
     from privacy.dp.dp_sgd import DPSGDSession
@@ -38,16 +40,26 @@ def node_home(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> 
     return Path(base).expanduser() / "nodes" / f"partition-{int(pid)}"
 
 
-def node_budget(node_config: Mapping[str, Any], cfg: RunConfig) -> float | None:
-    """The node's lifetime epsilon budget; None lets the session use the run's dp-epsilon."""
-    raw = node_config.get("privacy-budget", cfg.node_privacy_budget)
+def data_source(node_config: Mapping[str, Any]) -> str:
+    """The stable identity the node's budget belongs to (survives edits of the file)."""
+    if node_config.get("data-source"):
+        return str(node_config["data-source"])
+    if node_config.get("data-path"):
+        return str(Path(str(node_config["data-path"])).expanduser().resolve())
+    return f"partition-{int(node_config.get('partition-id', 0))}"
+
+
+def _simulated_budget(ledger: PrivacyLedger, source: str, node_config: Mapping[str, Any],
+                      cfg: RunConfig, num_records: int) -> None:
+    """Simulation only: the virtual node's budget comes from the run config."""
+    if node_config.get("node-data-dir") or node_config.get("data-path"):
+        return  # a real node: its operator sets the budget
+    eps = cfg.node_privacy_budget or cfg.dp_epsilon
     try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"privacy-budget={raw!r}: must be a number, e.g. 8.0") from None
-    if value < 0:
-        raise ConfigError(f"privacy-budget={value}: must be > 0 (or 0 for the run's dp-epsilon)")
-    return value or None
+        ledger.set_budget(source, eps, cfg.dp_delta, num_records=num_records, allow_raise=True,
+                          note="simulation: node-privacy-budget")
+    except LedgerError as err:
+        raise ConfigError(str(err)) from None
 
 
 def fedguard_run_id(cfg: RunConfig, flower_run_id: int) -> str:
@@ -56,7 +68,7 @@ def fedguard_run_id(cfg: RunConfig, flower_run_id: int) -> str:
 
 
 def dataset_fingerprint(data: Dataset[Any]) -> str:
-    """SHA-256 over every item's tensors: the same local data gives the same digest."""
+    """SHA-256 over every item's tensors: recorded with each release for the audit."""
     h = hashlib.sha256(b"fedguard-dataset/2\0")
     for i in range(len(data)):  # type: ignore[arg-type]
         for t in data[i]:
@@ -66,31 +78,42 @@ def dataset_fingerprint(data: Dataset[Any]) -> str:
     return h.hexdigest()
 
 
+def metric_releases(cfg: RunConfig) -> int:
+    """How many noisy federated evaluations a DP run makes (planned into its calibration)."""
+    if not cfg.federated_evaluation or cfg.dp_eval == "off":
+        return 0
+    return cfg.num_server_rounds if cfg.dp_eval == "every" else 1
+
+
 def open_session(
     data: Dataset[Any],
     node_config: Mapping[str, Any],
     cfg: RunConfig,
     run_config: Mapping[str, Any],
     flower_run_id: int,
+    metric_names: tuple[str, ...] = (),
+    loss_bound: float = 10.0,
 ) -> DPSGDSession | None:
     """A DP-SGD session when the run asks for DP (`dp=true`), else None."""
     if not cfg.dp:
         return None  # without DP, Opacus (~3-8 s to import) is never loaded
     from privacy.dp.dp_sgd import DPSGDConfig, DPSGDSession
+    from privacy.dp.metrics import MetricsSpec
 
     dp_cfg = DPSGDConfig(enabled=True, target_epsilon=cfg.dp_epsilon, delta=cfg.dp_delta,
                          max_grad_norm=cfg.dp_max_grad_norm, accountant=cfg.dp_accountant,
                          grad_sample_mode=cfg.dp_grad_mode, secure_mode=cfg.dp_secure_mode)
     home = node_home(node_config, run_config)
     home.mkdir(parents=True, exist_ok=True)
+    ledger = PrivacyLedger(home / LEDGER_FILE)
+    source = data_source(node_config)
+    n = len(data)  # type: ignore[arg-type]
+    _simulated_budget(ledger, source, node_config, cfg, n)
+    releases = metric_releases(cfg)
+    spec = MetricsSpec(cfg.dp_eval_noise, loss_bound, metric_names) if releases else None
     return DPSGDSession(
-        PrivacyLedger(home / LEDGER_FILE),
-        dp_cfg,
-        fedguard_run_id(cfg, flower_run_id),
-        dataset_fingerprint(data),
-        num_examples=len(data),  # type: ignore[arg-type]
-        batch_size=cfg.batch_size,
-        epochs_per_round=cfg.local_epochs,
-        rounds=cfg.num_server_rounds,
-        budget=node_budget(node_config, cfg),
+        ledger, dp_cfg, fedguard_run_id(cfg, flower_run_id), source,
+        dataset_fingerprint(data), num_examples=n, batch_size=cfg.batch_size,
+        epochs_per_round=cfg.local_epochs, rounds=cfg.num_server_rounds, metrics=spec,
+        metric_releases=releases,
     )

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from privacy.dp.user_level import clip_update, noise_share, secure_rng
+from privacy.dp.user_level import clip_update, secure_rng
 
 
 def apply_user_level_dp(
@@ -29,7 +29,10 @@ def apply_user_level_dp(
     keys = list(global_state)
     update = [(new_state[k].detach().double() - global_state[k].double()).numpy() for k in keys]
     clipped, norm = clip_update(update, clip)
-    noise = noise_share([u.shape for u in update], z, clip, max(n, 1), rng=secure_rng())
+    # Interim (issue 12 items 2, 13): continuous shares sized for the sampled cohort. Replace
+    # with privacy.dp.user_level.encode_user_update once secagg masks integer vectors.
+    rng = secure_rng()
+    noise = [rng.normal(0.0, z * clip / np.sqrt(max(n, 1)), size=u.shape) for u in update]
     out = {
         k: (global_state[k].double() + torch.from_numpy(np.asarray(c) + e)).to(
             global_state[k].dtype)

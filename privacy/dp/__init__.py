@@ -1,19 +1,31 @@
-"""Differential privacy on a node: DP-SGD set-up, accounting, the node's ledger, user-level DP.
+"""Differential privacy on a node: DP-SGD, accounting, the node's ledger, user-level DP, metrics.
 
-Light to import (numpy only); the Opacus side (`make_private`, `DPSGDSession`, `DPSGDConfig`)
-loads on first use, so a node that runs without DP never pays for importing Opacus.
+Light to import (numpy only); the Opacus side (`make_private`, `DPSGDSession`, `DPSGDConfig`,
+`check_private_model`) loads on first use, so a node that runs without DP never pays for
+importing Opacus and torch.
 """
 
 from typing import Any
 
-from privacy.dp.accounting import ACCOUNTANTS, AccountingError, Release, calibrate_noise, epsilon
-from privacy.dp.ledger import BudgetDecision, LedgerEntry, LedgerError, PrivacyLedger
+from privacy.dp.accounting import (
+    ACCOUNTANTS,
+    AccountingError,
+    Release,
+    SkellamRelease,
+    calibrate_noise,
+    epsilon,
+)
+from privacy.dp.ledger import Budget, BudgetDecision, LedgerEntry, LedgerError, PrivacyLedger
 
-_LAZY = {"DPConfigError", "DPSGDConfig", "DPSGDSession", "PrivateTraining", "make_private"}
+_LAZY = {
+    "DPConfigError", "DPSGDConfig", "DPSGDSession", "PrivateTraining", "check_private_model",
+    "make_private",
+}
 
 __all__ = [
     "ACCOUNTANTS",
     "AccountingError",
+    "Budget",
     "BudgetDecision",
     "DPConfigError",
     "DPSGDConfig",
@@ -23,7 +35,9 @@ __all__ = [
     "PrivacyLedger",
     "PrivateTraining",
     "Release",
+    "SkellamRelease",
     "calibrate_noise",
+    "check_private_model",
     "epsilon",
     "make_private",
 ]

@@ -3,25 +3,28 @@
 The one entry point for a ClientApp is :class:`DPSGDSession`::
 
     cfg = DPSGDConfig.from_run_config(context.run_config)
-    session = DPSGDSession(ledger, cfg, run_id, dataset_fingerprint(x, y),
-                           num_examples=len(x), batch_size=32, epochs_per_round=2,
-                           rounds=10, budget=node_budget)
-    decision = session.check(round)            # refuse before spending compute
+    check_private_model(model)                 # one-line DPConfigError naming the layer
+    session = DPSGDSession(ledger, cfg, run_id, source="hospital-a/ehr-2026",
+                           fingerprint=dataset_fingerprint(x, y), num_examples=len(x),
+                           batch_size=32, epochs_per_round=2, rounds=10, metrics=spec)
+    decision = session.reserve(round)          # before spending compute
     if not decision.allowed: ...               # reply with decision.message
     training = session.make_private(model, optimizer, loader, criterion)
     ...train with training.model / .optimizer / .loader / .criterion...
-    session.record(round, training)            # BEFORE the update leaves the node
-    metrics = session.round_metrics(training)  # epsilon spent, clipped fraction, ...
+    session.settle(decision, training)         # BEFORE the update leaves the node
+    noisy = session.release_metrics(decision, losses, {"correct": hits})  # or cancel_metrics
     weights = training.finish().state_dict()   # plain module, Opacus hooks removed
 
-The noise multiplier is calibrated once per run (cached in the ledger) for the run's whole
-planned length, so every round of the run uses the same noise even though each Flower
-message runs in a fresh process.
+The budget is the node's own, read from its ledger for the data source; the run's target
+``(dp-epsilon, dp-delta)`` only sets the noise. The noise multiplier is calibrated once per run
+(cached in the ledger) for the run's whole planned length, so every round of the run uses the
+same noise even though each Flower message runs in a fresh process.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 import secrets
 import warnings
@@ -36,7 +39,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from privacy.dp.accounting import ACCOUNTANTS, AccountingError, Release, calibrate_noise
-from privacy.dp.ledger import BudgetDecision, LedgerEntry, PrivacyLedger
+from privacy.dp.ledger import Budget, BudgetDecision, PrivacyLedger, no_budget_message
+from privacy.dp.metrics import MetricsSpec, NoisyMetrics, noise_sums, release_metrics
 
 __all__ = [
     "GRAD_SAMPLE_MODES",
@@ -45,6 +49,7 @@ __all__ = [
     "DPSGDConfig",
     "DPSGDSession",
     "PrivateTraining",
+    "check_private_model",
     "make_private",
     "plan_release",
 ]
@@ -117,6 +122,14 @@ class DPSGDConfig:
             raise DPConfigError(
                 f"run config dp-grad-mode={self.grad_sample_mode!r}: use one of "
                 f"{', '.join(GRAD_SAMPLE_MODES)}"
+            )
+        if self.secure_mode and importlib.util.find_spec("torchcsprng") is None:
+            # Opacus' secure mode draws noise from torchcsprng; without it the noise would
+            # silently come from a seeded PRNG, so refuse rather than record a stronger claim.
+            raise DPConfigError(
+                "run config dp-secure-mode=true needs torchcsprng, which has no build for "
+                "this torch: set dp-secure-mode=false (noise then comes from a torch "
+                "generator seeded from the OS CSPRNG)"
             )
 
     @classmethod
@@ -289,27 +302,61 @@ def _secret_generator() -> torch.Generator:
 def _engine(
     accountant: str, secure_mode: bool
 ) -> tuple[PrivacyEngine, torch.Generator | None, str]:
-    """PrivacyEngine whose noise and Poisson sampling use a secret-seeded generator.
+    """PrivacyEngine whose noise and Poisson sampling use unpredictable randomness.
 
-    Returns ``(engine, noise_generator to pass to make_private, description)``.
-    ``secure_mode`` uses torchcsprng when installed (Opacus' own secure mode). Without it we
-    keep Opacus' floating-point-attack-resistant noise sampling (``engine.secure_mode``)
-    with a secret-seeded torch generator: unpredictable, but a Mersenne Twister rather than
-    a CSPRNG; the description says which one is used.
+    Returns ``(engine, noise_generator to pass to make_private, description)``. Secure mode is
+    Opacus' own (torchcsprng; DPSGDConfig refuses it when torchcsprng is missing); otherwise
+    a torch generator seeded from the OS CSPRNG: unpredictable to the server, but a Mersenne
+    Twister, not a CSPRNG, and the description says so.
     """
     if secure_mode:
-        try:
-            engine = PrivacyEngine(accountant=accountant, secure_mode=True)
-            return engine, None, "torchcsprng /dev/urandom (Opacus secure mode)"
-        except ImportError:
-            engine = PrivacyEngine(accountant=accountant, secure_mode=False)
-            engine.secure_mode = True  # robust noise sampling; make_private reads the flag
-            engine.secure_rng = _secret_generator()  # Opacus draws noise and batches from it
-            return engine, None, "torch.Generator seeded from secrets, secure noise sampling"
+        engine = PrivacyEngine(accountant=accountant, secure_mode=True)
+        return engine, None, "torchcsprng /dev/urandom (Opacus secure mode)"
     engine = PrivacyEngine(accountant=accountant, secure_mode=False)
     generator = _secret_generator()
     engine.secure_rng = generator  # Opacus' Poisson loader takes its generator from here
     return engine, generator, "torch.Generator seeded from secrets"
+
+
+_FIXES: tuple[tuple[type[nn.Module], str], ...] = (
+    (nn.modules.batchnorm._BatchNorm, "replace with GroupNorm (opacus ModuleValidator.fix)"),
+    (nn.LSTM, "replace with opacus DPLSTM (opacus ModuleValidator.fix)"),
+    (nn.GRU, "replace with opacus DPGRU (opacus ModuleValidator.fix)"),
+    (nn.RNN, "replace with opacus DPRNN (opacus ModuleValidator.fix)"),
+    (nn.MultiheadAttention, "replace with opacus DPMultiheadAttention (ModuleValidator.fix)"),
+)
+
+
+def check_private_model(model: nn.Module) -> None:
+    """Refuse a model DP-SGD cannot train privately, naming its first offending layer.
+
+    Looks at every module, not only trainable ones (Opacus' validator skips a BatchNorm
+    without affine parameters, yet it still mixes the examples of a batch and its running
+    statistics are sent with the weights without noise). Also refuses any other module with
+    persistent buffers: they travel in the state dict unnoised.
+    """
+    for name, module in model.named_modules():
+        where = f"{type(module).__name__} at {name or '<root>'!r}"
+        for cls, fix in _FIXES:
+            if isinstance(module, cls):
+                raise DPConfigError(f"model cannot be trained with DP-SGD: {where}: {fix}")
+        if isinstance(module, nn.modules.instancenorm._InstanceNorm) and (
+            module.track_running_stats
+        ):
+            raise DPConfigError(
+                f"model cannot be trained with DP-SGD: {where}: set track_running_stats=False "
+                "(opacus ModuleValidator.fix)"
+            )
+        persistent = [
+            b for b, _ in module.named_buffers(recurse=False)
+            if b not in module._non_persistent_buffers_set
+        ]
+        if persistent:
+            raise DPConfigError(
+                f"model cannot be trained with DP-SGD: {where} has buffer {persistent[0]!r}, "
+                "sent with the weights without noise: remove it or register it with "
+                "persistent=False"
+            )
 
 
 def make_private(
@@ -323,11 +370,11 @@ def make_private(
     """Wrap model/optimizer/loader (and, in ghost mode, the criterion) with Opacus."""
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
         raise DPConfigError(f"noise_multiplier={noise_multiplier}: must be > 0; calibrate it")
-    errors = ModuleValidator.validate(model, strict=False)
+    check_private_model(model)
+    errors = ModuleValidator.validate(model, strict=False)  # e.g. a model in eval mode
     if errors:
         raise DPConfigError(
-            f"model cannot be trained with DP-SGD: {str(errors[0]).splitlines()[0]}; "
-            "replace BatchNorm with GroupNorm (opacus ModuleValidator.fix does this)"
+            f"model cannot be trained with DP-SGD: {str(errors[0]).splitlines()[0]}"
         )
     criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
     mode = "ghost" if cfg.grad_sample_mode == "ghost" else "hooks"
@@ -367,11 +414,15 @@ def make_private(
 
 
 class DPSGDSession:
-    """One node's DP-SGD for one run on one dataset: calibrate, check, wrap, record.
+    """One node's DP-SGD for one run on one data source: calibrate, reserve, wrap, settle.
 
-    ``budget`` is the node's *lifetime* epsilon for this dataset, composed over every run
-    in the ledger. Without one, the run's ``target_epsilon`` is used: a node that sets no
-    budget never lets a dataset exceed what a single run asked for.
+    The budget is the node's lifetime ``(epsilon, delta)`` for ``source``, set in the ledger
+    by the node operator; a source without one is refused at :meth:`reserve`. The run's noise
+    is calibrated to the run's target epsilon at ``min(run delta, node delta)``, so the run's
+    guarantee holds at the delta the server asked for and at the node's own. With ``metrics``
+    the calibration also composes the run's ``metric_releases`` planned metric releases (e.g.
+    one federated evaluation of the final model), so DP-SGD noise plus the noisy metrics meet
+    the run's target together.
     """
 
     def __init__(
@@ -379,41 +430,67 @@ class DPSGDSession:
         ledger: PrivacyLedger,
         cfg: DPSGDConfig,
         run_id: str | int,
+        source: str,
         fingerprint: str,
         *,
         num_examples: int,
         batch_size: int,
         epochs_per_round: int,
         rounds: int,
-        budget: float | None = None,
+        metrics: MetricsSpec | None = None,
+        metric_releases: int = 1,
     ) -> None:
         if not cfg.enabled:
             raise DPConfigError("run config dp=false: DP-SGD is off, so train without a session")
+        if isinstance(metric_releases, bool) or not isinstance(
+            metric_releases, int
+        ) or metric_releases < (1 if metrics else 0):
+            raise DPConfigError(
+                f"metric_releases={metric_releases!r}: must be an integer >= 1 with metrics"
+            )
         self.ledger = ledger
         self.cfg = cfg
         self.run_id = str(run_id)
+        self.source = source
         self.fingerprint = fingerprint
-        self.budget = float(budget) if budget is not None else cfg.target_epsilon
-        if not (math.isfinite(self.budget) and self.budget > 0):
-            raise DPConfigError(f"node privacy budget={budget}: must be > 0; e.g. 8.0")
+        self.num_examples = num_examples
+        self.rounds = rounds
+        self.metrics = metrics
+        self.metric_releases = metric_releases if metrics else 0
+        self.budget: Budget | None = ledger.budget(source)
         self.sample_rate, self.steps_per_round, self.total_steps = plan_release(
             num_examples, batch_size, epochs_per_round, rounds, cfg
         )
         self._noise: float | None = None
 
     @property
+    def calibration_delta(self) -> float:
+        """The delta the run's target is calibrated at: the stricter of run and node."""
+        if self.budget is None:
+            raise DPConfigError(no_budget_message(self.source, "DP-SGD"))
+        return min(self.cfg.delta, self.budget.delta)
+
+    def _fixed(self) -> list[Release]:
+        if self.metrics is None:
+            return []
+        return [self.metrics.release()] * self.metric_releases
+
+    @property
     def calibration_key(self) -> str:
         """Everything the calibrated noise depends on; a change means a new calibration."""
         c = self.cfg
+        m = self.metrics
         parts = (
-            "dp-sgd/1", self.run_id, self.fingerprint, c.accountant, repr(c.target_epsilon),
-            repr(c.delta), repr(self.sample_rate), str(self.total_steps),
+            "dp-sgd/2", self.run_id, c.accountant, repr(c.target_epsilon),
+            repr(self.calibration_delta), repr(self.sample_rate), str(self.total_steps),
+            repr(m.noise_multiplier) if m else "-",
+            str(self.metric_releases),
         )
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
     @property
     def noise_multiplier(self) -> float:
-        """Noise reaching ``target_epsilon`` over the whole run; calibrated once per run."""
+        """Noise reaching the run's target over the whole run; calibrated once per run."""
         if self._noise is None:
             key = self.calibration_key
             cached = self.ledger.cached_noise(key)
@@ -421,10 +498,11 @@ class DPSGDSession:
                 try:
                     cached = calibrate_noise(
                         self.cfg.target_epsilon,
-                        self.cfg.delta,
+                        self.calibration_delta,
                         self.sample_rate,
                         self.total_steps,
                         self.cfg.accountant,
+                        fixed=self._fixed(),
                     )
                 except AccountingError as exc:
                     raise DPConfigError(f"cannot calibrate DP-SGD noise: {exc}") from exc
@@ -434,19 +512,43 @@ class DPSGDSession:
         return self._noise
 
     def planned_release(self) -> Release:
-        """The release one round of this run makes."""
+        """The DP-SGD release one round of this run makes."""
         return Release(self.noise_multiplier, self.sample_rate, self.steps_per_round)
 
-    def check(self, round: int) -> BudgetDecision:
-        """May this node train ``round``? Composes the ledger history with one more round."""
-        return self.ledger.check(
-            self.fingerprint,
-            self.planned_release(),
-            self.cfg.delta,
-            self.budget,
-            self.cfg.accountant,
-            round=round,
+    def _reserve(self, round: int, releases: list[tuple[str, Release]]) -> BudgetDecision:
+        return self.ledger.reserve(
+            self.source, self.run_id, round, releases, num_records=self.num_examples,
+            fingerprint=self.fingerprint, accountant=self.cfg.accountant,
         )
+
+    def _refusal(self, round: int) -> BudgetDecision | None:
+        if self.budget is not None:
+            return None
+        return BudgetDecision(False, 0.0, 0.0, None, None, no_budget_message(
+            self.source, f"round {round}"))
+
+    def reserve(self, round: int, with_metrics: bool = False) -> BudgetDecision:
+        """Reserve one round's DP-SGD release (and, `with_metrics`, one metric release).
+
+        Atomic against concurrent runs on the same node. On success
+        ``decision.reservations`` is ``(dp-sgd id[, metrics id])``.
+        """
+        if (refusal := self._refusal(round)) is not None:
+            return refusal
+        releases = [("dp-sgd", self.planned_release())]
+        if with_metrics:
+            if self.metrics is None:
+                raise DPConfigError("this session has no metrics spec: pass metrics=...")
+            releases.append(("metrics", self.metrics.release()))
+        return self._reserve(round, releases)
+
+    def reserve_metrics(self, round: int) -> BudgetDecision:
+        """Reserve one more metric release (e.g. federated evaluation) for ``round``."""
+        if self.metrics is None:
+            raise DPConfigError("this session has no metrics spec: pass metrics=MetricsSpec(...)")
+        if (refusal := self._refusal(round)) is not None:
+            return refusal
+        return self._reserve(round, [("metrics", self.metrics.release())])
 
     def make_private(
         self,
@@ -466,30 +568,70 @@ class DPSGDSession:
             )
         return training
 
-    def record(self, round: int, training: PrivateTraining) -> LedgerEntry:
-        """Durably record what this round released; call before the update is sent.
+    @staticmethod
+    def _reservation(decision: BudgetDecision, index: int, what: str) -> int:
+        if not decision.allowed or len(decision.reservations) <= index:
+            raise DPConfigError(f"no {what} reservation in this decision: reserve it first")
+        return decision.reservations[index]
 
-        Records at least the planned steps of a round, so skipped (empty) batches never
-        lead to under-counting.
+    def settle(self, decision: BudgetDecision, training: PrivateTraining) -> Release:
+        """Durably record the DP-SGD release actually made; call before the update is sent.
+
+        Settles at least the planned steps of a round, so skipped (empty) batches never lead
+        to under-counting; more steps than reserved is refused by the ledger.
         """
         release = training.release(min_steps=self.steps_per_round)
         assert release is not None  # min_steps >= 1
-        return self.ledger.record(
-            self.run_id, round, self.fingerprint, release, self.cfg.delta, self.cfg.accountant
-        )
+        self.ledger.settle(self._reservation(decision, 0, "DP-SGD"), release)
+        return release
 
-    def round_metrics(self, training: PrivateTraining) -> dict[str, float]:
-        """Numbers a node can report to the server after recording a round (no data)."""
-        clipped = training.clipped_fraction()
+    def _metrics_index(self, decision: BudgetDecision) -> int:
+        return len(decision.reservations) - 1  # the last one: after dp-sgd, or alone
+
+    def release_metrics(
+        self,
+        decision: BudgetDecision,
+        losses: Any,
+        values: Mapping[str, Any],
+        rng: Any = None,
+    ) -> NoisyMetrics:
+        """Noisy metric sums for this round's metrics reservation, settled before returning."""
+        if self.metrics is None:
+            raise DPConfigError("this session has no metrics spec: pass metrics=MetricsSpec(...)")
+        rid = self._reservation(decision, self._metrics_index(decision), "metrics")
+        noisy = release_metrics(losses, values, self.metrics, rng)
+        self.ledger.settle(rid, noisy.release)
+        return noisy
+
+    def release_metric_sums(self, decision: BudgetDecision,
+                            exact: Mapping[str, float]) -> NoisyMetrics:
+        """Noisy versions of sums the caller bounded (see `metrics.noise_sums`), settled in
+        the ledger before they are returned (so before they can leave the node)."""
+        if self.metrics is None:
+            raise DPConfigError("this session has no metrics spec: pass metrics=MetricsSpec(...)")
+        rid = self._reservation(decision, self._metrics_index(decision), "metrics")
+        noisy = noise_sums(exact, self.metrics)
+        self.ledger.settle(rid, noisy.release)
+        return noisy
+
+    def cancel_metrics(self, decision: BudgetDecision) -> None:
+        """Give back a metrics reservation whose sums were never computed nor sent."""
+        self.ledger.cancel(self._reservation(decision, self._metrics_index(decision), "metrics"))
+
+    def round_metrics(self) -> dict[str, float]:
+        """The node's own accounting to report after settling (no data-dependent counts).
+
+        The sample rate, step count and clipped fraction stay on the node: they reveal the
+        size of the data (issue 12, item 4).
+        """
+        if self.budget is None:
+            raise DPConfigError(no_budget_message(self.source, "DP-SGD"))
         return {
             "dp-epsilon-spent": self.spent(),
-            "dp-epsilon-budget": self.budget,
-            "dp-noise-multiplier": training.noise_multiplier,
-            "dp-sample-rate": training.sample_rate,
-            "dp-steps": float(training.steps_taken),
-            "dp-clipped-fraction": -1.0 if clipped is None else clipped,
+            "dp-epsilon-budget": self.budget.epsilon,
+            "dp-delta": self.budget.delta,
         }
 
     def spent(self) -> float:
-        """Lifetime epsilon of this dataset at the run's delta, after what is recorded."""
-        return self.ledger.spent(self.fingerprint, self.cfg.delta, self.cfg.accountant)
+        """Lifetime epsilon of the data source at the node's delta, settled + outstanding."""
+        return self.ledger.spent(self.source, self.cfg.accountant)

@@ -38,9 +38,9 @@ def run_rounds(
     arrays = ArrayRecord(run.initial_state())
     round_config: dict[str, float | int] = {}
     if cfg.central_dp:
-        from privacy.dp.user_level import calibrate_user_level, user_level_epsilon
+        from privacy.dp.accounting import Release, calibrate_noise, epsilon
 
-        noise = calibrate_user_level(cfg.central_dp_epsilon, cfg.dp_delta, cfg.num_server_rounds)
+        noise = calibrate_noise(cfg.central_dp_epsilon, cfg.dp_delta, 1.0, cfg.num_server_rounds)
         round_config = {"central-dp-noise": noise, "central-dp-clip": cfg.central_dp_clip}
         run.event("central-dp", f"user-level DP: noise multiplier {noise:.4g}, clip "
                   f"{cfg.central_dp_clip:g}, target epsilon {cfg.central_dp_epsilon:g} at delta "
@@ -60,7 +60,7 @@ def run_rounds(
             arrays = new
         if cfg.central_dp:
             run.round_extra(rnd, {"central_dp": {
-                "epsilon": user_level_epsilon(noise, 1.0, rnd, cfg.dp_delta),
+                "epsilon": epsilon([Release(noise, 1.0, rnd)], cfg.dp_delta),
                 "delta": cfg.dp_delta, "noise_multiplier": noise, "clip": cfg.central_dp_clip,
                 "accountant": "rdp", "unit": "user"}})
         metrics = run.end_round(rnd, arrays.to_torch_state_dict())

@@ -11,11 +11,12 @@ from clients.task.evaluation import Sums
 
 
 def clear_summary(replies: Iterable[Mapping[str, Any]], prefix: str) -> Sums | None:
-    """Sum `<prefix>examples`, `<prefix>loss`, `<prefix><metric>` over clear replies."""
+    """Sum `<prefix>examples`, `<prefix>loss`, `<prefix><metric>` over clear replies. Under DP
+    the sums are noisy, so a node's may be negative: only the total must be positive."""
     total, seen = Sums(), False
     for metrics in replies:
         n = metrics.get(f"{prefix}examples")
-        if not _finite(n) or n <= 0:
+        if not _finite(n):
             continue
         loss = metrics.get(f"{prefix}loss")
         if not _finite(loss):
@@ -26,7 +27,7 @@ def clear_summary(replies: Iterable[Mapping[str, Any]], prefix: str) -> Sums | N
             continue
         total.add(Sums(float(n), float(loss), {k: float(v) for k, v in values.items()}))
         seen = True
-    return total if seen else None
+    return total if seen and total.examples >= 0.5 else None
 
 
 def train_summary(replies: Iterable[Mapping[str, Any]]) -> Sums | None:
