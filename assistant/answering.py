@@ -64,6 +64,9 @@ TOPIC_LABELS: dict[str, dict[Lang, str]] = {
     "automated-decisions": {"en": "automated decision-making", "zh": "自动化决策"},
     "roles": {"en": "controller and processor roles", "zh": "数据处理中的角色分工"},
     "fedguard": {"en": "how fedguard's privacy controls work", "zh": "fedguard 的隐私控制"},
+    "health": {"en": "hospitals and health data", "zh": "医院与健康数据"},
+    "finance": {"en": "banks and financial data", "zh": "银行与金融数据"},
+    "accountability": {"en": "officers, records, audits and liability", "zh": "负责人、记录、审计与责任"},
 }
 # Suggested when nothing in the knowledge base is even close to the question.
 DEFAULT_TOPICS = ("personal-data", "cross-border", "differential-privacy", "copyright")
