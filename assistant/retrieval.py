@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from assistant.knowledge_base import Entry, KnowledgeBase
+from assistant.lexicon import concept_tokens, without_concepts
+from assistant.query_cues import asked_facts, fact_profile, jurisdiction_cues, jurisdiction_fit
 
 # Weights of the three views. A grid over W_QUESTIONS in 0..1 and W_ANSWER in 0..1 on the eval set
 # was flat (top-1 66/71 almost everywhere), so these are the a-priori choices, not a tuned optimum.
@@ -33,6 +35,19 @@ W_SENTENCE = 1.0
 W_QUESTIONS = 0.5
 W_ANSWER = 0.25
 K1, B = 1.2, 0.75
+# Stage 2 (re-ranking the CANDIDATES best BM25 entries), tuned on tests/data/assistant_eval.yaml
+# only (`scripts/eval_assistant.py --grid`), never on the held-out set:
+#   (COVERAGE_FLOOR + coverage) ** COVERAGE_POWER  favours entries that cover more of the
+#       question's content words, so one rare shared word cannot carry an entry alone;
+#   exp(W_JURISDICTION * (fit - 0.5))  fit in [0, 1] of the entry's legal systems against the
+#       ones the question names (neutral entries and questions without a cue: factor 1);
+#   1 + W_ASKED_FACT * support  support in [0, 1]: how fully the answer states the kind of
+#       fact asked for (a date for "when", a period for "how long"...).
+CANDIDATES = 30
+COVERAGE_FLOOR, COVERAGE_POWER = 0.2, 2.0
+W_ANSWER_COVERAGE = 0.5  # weight of words found only in the answer, in the coverage above
+W_JURISDICTION = 1.0
+W_ASKED_FACT = 1.0
 
 
 def _words(text: str) -> frozenset[str]:
@@ -55,8 +70,8 @@ ZH_STOP: frozenset[str] = _words(
     """的 了 吗 呢 吧 啊 呀 是 在 和 与 及 或 或者 而 就 都 也 还 又 对 把 被 让 给 从 向 于
     以 之 其 我 我们 你 你们 他 她 它 他们 这 那 这个 那个 这些 那些 哪 哪些 哪个 什么 怎么
     怎么样 怎样 如何 为什么 是否 是不是 有没有 能否 能不能 可否 请问 请 一下 一个 有 没有
-    会 要 么 啥 多少 几"""
-)
+    会 要 么 啥 多少 几 必须 需要 应该 应当 可以 能够 能 情况 情况下 情形 时候 问题"""
+)  # the modal and phrasing words match EN_STOP's can/must/should: they carry no topic
 # Function characters: a bigram containing one ("是怎", "么工") carries phrasing, not topic, and
 # would let "…是怎么工作的？" match any entry phrased the same way.
 ZH_STOP_CHARS: frozenset[str] = frozenset("的了吗呢吧啊呀么怎什哪是否谁")
@@ -132,9 +147,11 @@ def query_units(text: str) -> list[tuple[str, tuple[str, ...]]]:
 
     Units are English stems and Chinese jieba words of 2+ characters (stop words dropped).
     Coverage is counted on units, not raw index tokens, because the bigrams that straddle word
-    boundaries ("习里" in "联邦学习里") are noise that no entry contains.
+    boundaries ("习里" in "联邦学习里") are noise that no entry contains. A lexicon concept
+    ("数据保护影响评估", "DPIA") is one unit, so an entry that writes it another way covers it.
     """
-    units: list[tuple[str, tuple[str, ...]]] = []
+    text, concepts = without_concepts(text)
+    units: list[tuple[str, tuple[str, ...]]] = [(c, ()) for c in concepts]
     for match in _RUN.finditer(text):
         han = match.group("han")
         if han:
@@ -150,8 +167,11 @@ def query_units(text: str) -> list[tuple[str, tuple[str, ...]]]:
 
 
 def tokenize(text: str) -> list[str]:
-    """Index/query tokens for mixed Chinese/English text (order kept, duplicates kept)."""
-    tokens: list[str] = []
+    """Index/query tokens for mixed Chinese/English text (order kept, duplicates kept).
+
+    Words, Chinese bigrams and one token per lexicon concept mentioned (see assistant.lexicon).
+    """
+    tokens: list[str] = concept_tokens(text)
     for match in _RUN.finditer(text):
         han = match.group("han")
         if han:
@@ -248,12 +268,19 @@ class SearchIndex:
         self._q_text = [" ".join(_question_texts(e)).lower() for e in kb.entries]
         self._a_text = [" ".join([*e.answer.values(), *e.citations]).lower() for e in kb.entries]
         self._owner = np.array(owner, dtype=np.int64)
+        self._codes = [frozenset(e.jurisdiction) for e in kb.entries]
+        self._facts = [fact_profile(e) for e in kb.entries]
         self._sentences = BM25(sentences)
         self._questions = BM25(questions)
         self._answers = BM25(answers)
 
     def search(self, question: str, k: int = 5) -> list[Hit]:
-        """The k best entries for a question, best first (empty if nothing matches at all)."""
+        """The k best entries for a question, best first (empty if nothing matches at all).
+
+        Stage 1 scores every entry with BM25; stage 2 re-ranks the best CANDIDATES by how much
+        of the question they cover, whether they are about the legal system the question names,
+        and whether their answer states the kind of fact the question asks for.
+        """
         query = tokenize(question)
         n = len(self.kb.entries)
         if not query or n == 0:
@@ -265,14 +292,14 @@ class SearchIndex:
             + W_QUESTIONS * self._questions.scores(query)
             + W_ANSWER * self._answers.scores(query)
         )
-        order = np.argsort(-total, kind="stable")[:k]
+        order = np.argsort(-total, kind="stable")[:CANDIDATES]
+        candidates = [int(i) for i in order if total[i] > 0]
         units = [(u, bigrams, self._weight(u, bigrams)) for u, bigrams in query_units(question)]
         weight_sum = sum(w for _, _, w in units) or 1.0
         unit_idf = self._questions.unseen_idf()
-        hits = []
-        for i in order:
-            if total[i] <= 0:
-                break
+        cues, asked = jurisdiction_cues(question), asked_facts(question)
+        ranked = []
+        for i in candidates:
             in_q = sum(w for u, bg, w in units if self._contains(i, u, bg, question_side=True))
             in_a = sum(
                 w
@@ -280,17 +307,34 @@ class SearchIndex:
                 if not self._contains(i, u, bg, question_side=True)
                 and self._contains(i, u, bg, question_side=False)
             )
-            score = float(total[i])
-            hits.append(
-                Hit(
-                    self.kb.entries[i],
-                    score,
-                    coverage=(in_q + in_a) / weight_sum,
-                    question_coverage=in_q / weight_sum,
-                    strength=score / unit_idf,
-                )
+            coverage = (in_q + in_a) / weight_sum
+            # Answers are long and mention many generic words, so they count less for ranking.
+            rank_coverage = (in_q + W_ANSWER_COVERAGE * in_a) / weight_sum
+            score = float(total[i]) * self._rerank_factor(i, rank_coverage, cues, asked)
+            ranked.append((score, i, coverage, in_q / weight_sum))
+        ranked.sort(key=lambda r: -r[0])
+        return [
+            Hit(
+                self.kb.entries[i],
+                score,
+                coverage=coverage,
+                question_coverage=q_coverage,
+                strength=float(total[i]) / unit_idf,
             )
-        return hits
+            for score, i, coverage, q_coverage in ranked[:k]
+        ]
+
+    def _rerank_factor(
+        self, i: int, coverage: float, cues: frozenset[str], asked: frozenset[str]
+    ) -> float:
+        """Multiplier on entry i's BM25 score from coverage, jurisdiction and asked fact."""
+        factor = (COVERAGE_FLOOR + coverage) ** COVERAGE_POWER
+        if cues:
+            recall, precision = jurisdiction_fit(cues, self._codes[i])
+            factor *= math.exp(W_JURISDICTION * ((recall + precision) / 2 - 0.5))
+        if asked:
+            factor *= 1.0 + W_ASKED_FACT * self._facts[i].support(asked)
+        return factor
 
     def _contains(self, i: int, unit: str, bigrams: tuple[str, ...], question_side: bool) -> bool:
         """Whether entry i mentions a unit: a stem among its tokens, a Chinese word verbatim."""
@@ -334,7 +378,7 @@ def _tokenize_kb(kb: KnowledgeBase) -> dict[str, list]:  # type: ignore[type-arg
 
 
 # Bump when tokenize() changes, so stale token caches are ignored.
-TOKENIZER_VERSION = 3
+TOKENIZER_VERSION = 5
 
 
 def _cache_file(kb: KnowledgeBase, cache_dir: Path | None) -> Path:

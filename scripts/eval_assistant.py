@@ -290,6 +290,57 @@ def _sweep(kb: KnowledgeBase, items: Sequence[EvalItem]) -> None:
     Console().print(table)
 
 
+GRID: dict[str, tuple[float, ...]] = {
+    "COVERAGE_POWER": (0.0, 1.0, 1.5, 2.0, 3.0),
+    "W_ANSWER_COVERAGE": (0.25, 0.5, 0.75, 1.0),
+    "W_JURISDICTION": (0.0, 1.0, 1.5, 2.0),
+    "W_ASKED_FACT": (0.0, 0.5, 1.0, 1.5),
+}
+
+
+def grid_search(kb: KnowledgeBase, items: Sequence[EvalItem], show: int = 10) -> None:
+    """Top-1 retrieval accuracy and MRR over GRID for the re-ranking weights (development set).
+
+    Abstention is ignored here (the confidence weights are refitted afterwards with --fit);
+    the best settings are printed for pasting into assistant/retrieval.py.
+    """
+    import itertools
+
+    from assistant import retrieval
+
+    index = retrieval.get_index(kb)
+    scoped = [i for i in items if i.in_scope and i.ids]
+    saved = {name: getattr(retrieval, name) for name in GRID}
+    rows = []
+    try:
+        for values in itertools.product(*GRID.values()):
+            for name, value in zip(GRID, values, strict=True):
+                setattr(retrieval, name, value)
+            top1 = mrr = 0.0
+            for item in scoped:
+                ranked = [h.entry.id for h in index.search(item.question, k=10)]
+                rank = next((r for r, e in enumerate(ranked, 1) if e in item.ids), None)
+                top1 += rank == 1
+                mrr += 1 / rank if rank else 0.0
+            rows.append((top1 / len(scoped), mrr / len(scoped), values))
+    finally:
+        for name, value in saved.items():
+            setattr(retrieval, name, value)
+    rows.sort(key=lambda r: (-r[0], -r[1]))
+    print(f"grid over {len(rows)} settings, {len(scoped)} in-scope development questions")
+    print("top-1  MRR    " + "  ".join(GRID))
+    for top1, mrr, values in rows[:show]:
+        print(f"{top1:.3f}  {mrr:.3f}  " + "  ".join(f"{v:g}" for v in values))
+    current = tuple(saved.values())
+    for label, keep in (
+        ("current", lambda v: v == current),
+        ("no re-ranking", lambda v: not (v[0] or v[2] or v[3])),  # power, jurisdiction, fact
+    ):
+        match = [r for r in rows if keep(r[2])]
+        if match:
+            print(f"{label} {match[0][2]}: top-1 {match[0][0]:.3f}, MRR {match[0][1]:.3f}")
+
+
 def fit_confidence(assistant: Assistant, items: Sequence[EvalItem], c: float = 1.0) -> None:
     """Fit the confidence weights (logistic regression) and print them with LOO accuracy.
 
@@ -337,6 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--errors", action="store_true", help="list development-set misses")
     parser.add_argument("--heldout-errors", action="store_true", help="list held-out misses")
     parser.add_argument("--fit", action="store_true", help="refit the confidence weights (dev)")
+    parser.add_argument("--grid", action="store_true", help="grid over re-ranking weights (dev)")
     args = parser.parse_args(argv)
     try:
         kb = load_kb(args.kb)
@@ -358,6 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"eval_assistant: warning: no expected entry states the key facts: {problem}",
                   file=sys.stderr)  # fmt: skip
     dev = sets["development"]
+    if args.grid:
+        grid_search(kb, dev)
     if args.fit:
         fit_confidence(assistant, dev)
     if args.sweep:

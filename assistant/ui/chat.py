@@ -56,6 +56,7 @@ def _answer_turn(answer: Answer) -> dict[str, Any]:
         "sources": [s.to_dict() for s in answer.sources],
         "related": [topic_label(t, answer.lang) for t in answer.related_topics],
         "disclaimer": answer.disclaimer,
+        "update_note": answer.update_note,
     }
 
 
@@ -106,6 +107,8 @@ def _show(turn: dict[str, Any]) -> None:
             st.warning(md_escape(turn["text"]))
         else:
             st.markdown(md_escape(turn["text"]))
+        if turn.get("update_note"):
+            st.info(md_escape(turn["update_note"]))
         if turn["sources"]:
             lines = [f"**{labels['sources']}**"]
             for i, src in enumerate(turn["sources"], 1):
