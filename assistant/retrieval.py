@@ -12,7 +12,6 @@ and a light suffix-stripping stemmer. The index is built once per process per KB
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import re
@@ -22,12 +21,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from assistant import segmenter
 from assistant.knowledge_base import Entry, KnowledgeBase
 from assistant.lexicon import concept_tokens, without_concepts
 from assistant.query_cues import asked_facts, fact_profile, jurisdiction_cues, jurisdiction_fit
+from assistant.segmenter import Segmenter, for_vocabulary, full, vocabulary
 
 # Weights of the three views. A grid over W_QUESTIONS in 0..1 and W_ANSWER in 0..1 on the eval set
 # was flat (top-1 66/71 almost everywhere), so these are the a-priori choices, not a tuned optimum.
@@ -45,9 +47,9 @@ K1, B = 1.2, 0.75
 #       fact asked for (a date for "when", a period for "how long"...).
 CANDIDATES = 30
 COVERAGE_FLOOR, COVERAGE_POWER = 0.2, 2.0
-W_ANSWER_COVERAGE = 0.5  # weight of words found only in the answer, in the coverage above
+W_ANSWER_COVERAGE = 0.75  # weight of words found only in the answer, in the coverage above
 W_JURISDICTION = 1.0
-W_ASKED_FACT = 1.0
+W_ASKED_FACT = 1.5
 
 
 def _words(text: str) -> frozenset[str]:
@@ -76,39 +78,6 @@ ZH_STOP: frozenset[str] = _words(
 # would let "…是怎么工作的？" match any entry phrased the same way.
 ZH_STOP_CHARS: frozenset[str] = frozenset("的了吗呢吧啊呀么怎什哪是否谁")
 _BIGRAM = "\u00a7"  # prefix that keeps character bigrams apart from jieba words in the index
-
-_jieba_lock = threading.Lock()
-_jieba_ready = False
-
-
-def _cache_dir() -> Path:
-    """Where jieba keeps its parsed-dictionary cache (never the system temp dir of a test run)."""
-    env = os.environ.get("FEDGUARD_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fedguard"
-
-
-def _jieba():  # type: ignore[no-untyped-def]
-    """Import and initialise jieba once, silently (it logs to stderr and never to stdout)."""
-    global _jieba_ready
-    import jieba
-
-    if not _jieba_ready:
-        with _jieba_lock:
-            if not _jieba_ready:
-                jieba.setLogLevel(logging.ERROR)
-                cache = _cache_dir()
-                try:
-                    cache.mkdir(parents=True, exist_ok=True)
-                    jieba.dt.tmp_dir = str(cache)
-                except OSError:  # read-only home: jieba still works, it just re-parses each time
-                    logging.getLogger("jieba").setLevel(logging.CRITICAL)
-                jieba.initialize()
-                _jieba_ready = True
-    return jieba
-
 
 @lru_cache(maxsize=65536)
 def stem(word: str) -> str:
@@ -142,7 +111,7 @@ def stem(word: str) -> str:
     return w
 
 
-def query_units(text: str) -> list[tuple[str, tuple[str, ...]]]:
+def query_units(text: str, seg: Segmenter | None = None) -> list[tuple[str, tuple[str, ...]]]:
     """Content units of a question for the coverage score: (unit, its character bigrams).
 
     Units are English stems and Chinese jieba words of 2+ characters (stop words dropped).
@@ -155,7 +124,7 @@ def query_units(text: str) -> list[tuple[str, tuple[str, ...]]]:
     for match in _RUN.finditer(text):
         han = match.group("han")
         if han:
-            for word in _jieba().lcut(han):
+            for word in (seg or full()).lcut(han):
                 if len(word) >= 2 and word not in ZH_STOP:
                     bigrams = tuple(_BIGRAM + word[i : i + 2] for i in range(len(word) - 1))
                     units.append((word, bigrams))
@@ -166,10 +135,11 @@ def query_units(text: str) -> list[tuple[str, tuple[str, ...]]]:
     return list(dict.fromkeys(units))
 
 
-def tokenize(text: str) -> list[str]:
+def tokenize(text: str, seg: Segmenter | None = None) -> list[str]:
     """Index/query tokens for mixed Chinese/English text (order kept, duplicates kept).
 
     Words, Chinese bigrams and one token per lexicon concept mentioned (see assistant.lexicon).
+    `seg` cuts Chinese runs into words (default: jieba's full dictionary).
     """
     tokens: list[str] = concept_tokens(text)
     for match in _RUN.finditer(text):
@@ -179,7 +149,7 @@ def tokenize(text: str) -> list[str]:
                 if han not in ZH_STOP:
                     tokens.append(han)
                 continue
-            tokens.extend(w for w in _jieba().lcut_for_search(han) if w not in ZH_STOP)
+            tokens.extend(w for w in (seg or full()).lcut_for_search(han) if w not in ZH_STOP)
             tokens.extend(
                 _BIGRAM + han[i : i + 2]
                 for i in range(len(han) - 1)
@@ -268,6 +238,10 @@ class SearchIndex:
         self._q_text = [" ".join(_question_texts(e)).lower() for e in kb.entries]
         self._a_text = [" ".join([*e.answer.values(), *e.citations]).lower() for e in kb.entries]
         self._owner = np.array(owner, dtype=np.int64)
+        self._seg = for_vocabulary(
+            tokens["zh_vocab"], f"assistant-jieba-v{TOKENIZER_VERSION}-{kb.digest[:24]}.txt",
+            cache_dir,
+        )
         self._codes = [frozenset(e.jurisdiction) for e in kb.entries]
         self._facts = [fact_profile(e) for e in kb.entries]
         self._sentences = BM25(sentences)
@@ -281,7 +255,7 @@ class SearchIndex:
         of the question they cover, whether they are about the legal system the question names,
         and whether their answer states the kind of fact the question asks for.
         """
-        query = tokenize(question)
+        query = tokenize(question, self._seg)
         n = len(self.kb.entries)
         if not query or n == 0:
             return []
@@ -294,7 +268,7 @@ class SearchIndex:
         )
         order = np.argsort(-total, kind="stable")[:CANDIDATES]
         candidates = [int(i) for i in order if total[i] > 0]
-        units = [(u, bigrams, self._weight(u, bigrams)) for u, bigrams in query_units(question)]
+        units = [(u, bg, self._weight(u, bg)) for u, bg in query_units(question, self._seg)]
         weight_sum = sum(w for _, _, w in units) or 1.0
         unit_idf = self._questions.unseen_idf()
         cues, asked = jurisdiction_cues(question), asked_facts(question)
@@ -364,8 +338,9 @@ def _question_texts(entry: Entry) -> list[str]:
     return texts
 
 
-def _tokenize_kb(kb: KnowledgeBase) -> dict[str, list]:  # type: ignore[type-arg]
-    """Tokens of every question/paraphrase (with owning entry) and of every answer."""
+def _tokenize_kb(kb: KnowledgeBase) -> dict[str, Any]:
+    """Tokens of every question/paraphrase (with owning entry) and of every answer, and the
+    Chinese vocabulary questions are segmented with."""
     sentences: list[list[str]] = []
     owner: list[int] = []
     answers: list[list[str]] = []
@@ -374,19 +349,20 @@ def _tokenize_kb(kb: KnowledgeBase) -> dict[str, list]:  # type: ignore[type-arg
         sentences.extend(tokenize(t) for t in texts)
         owner.extend([i] * len(texts))
         answers.append(tokenize(" ".join([*e.answer.values(), *e.citations])))
-    return {"sentences": sentences, "owner": owner, "answers": answers}
+    zh_vocab = vocabulary(t for e in kb.entries for t in [*_question_texts(e), *e.answer.values()])
+    return {"sentences": sentences, "owner": owner, "answers": answers, "zh_vocab": zh_vocab}
 
 
 # Bump when tokenize() changes, so stale token caches are ignored.
-TOKENIZER_VERSION = 5
+TOKENIZER_VERSION = 6
 
 
 def _cache_file(kb: KnowledgeBase, cache_dir: Path | None) -> Path:
-    directory = cache_dir if cache_dir is not None else _cache_dir()
+    directory = cache_dir if cache_dir is not None else segmenter.cache_dir()
     return directory / f"assistant-tokens-v{TOKENIZER_VERSION}-{kb.digest[:24]}.json"
 
 
-def _load_tokens(kb: KnowledgeBase, cache_dir: Path | None) -> dict[str, list] | None:  # type: ignore[type-arg]
+def _load_tokens(kb: KnowledgeBase, cache_dir: Path | None) -> dict[str, Any] | None:
     """Tokenised KB from the disk cache (JSON, keyed by KB digest), or None if absent/bad.
 
     Tokenising a few hundred bilingual entries with jieba costs most of the cold start; the
@@ -401,12 +377,13 @@ def _load_tokens(kb: KnowledgeBase, cache_dir: Path | None) -> dict[str, list] |
         or data.get("digest") != kb.digest
         or len(data.get("answers", ())) != len(kb.entries)
         or len(data.get("sentences", ())) != len(data.get("owner", ()))
+        or not isinstance(data.get("zh_vocab"), dict)
     ):
         return None
     return data
 
 
-def _save_tokens(kb: KnowledgeBase, cache_dir: Path | None, tokens: dict[str, list]) -> None:  # type: ignore[type-arg]
+def _save_tokens(kb: KnowledgeBase, cache_dir: Path | None, tokens: dict[str, Any]) -> None:
     """Write the token cache atomically; a read-only or full disk just means no cache."""
     path = _cache_file(kb, cache_dir)
     try:

@@ -292,9 +292,9 @@ def _sweep(kb: KnowledgeBase, items: Sequence[EvalItem]) -> None:
 
 GRID: dict[str, tuple[float, ...]] = {
     "COVERAGE_POWER": (0.0, 1.0, 1.5, 2.0, 3.0),
-    "W_ANSWER_COVERAGE": (0.25, 0.5, 0.75, 1.0),
+    "W_ANSWER_COVERAGE": (0.25, 0.5, 0.75),
     "W_JURISDICTION": (0.0, 1.0, 1.5, 2.0),
-    "W_ASKED_FACT": (0.0, 0.5, 1.0, 1.5),
+    "W_ASKED_FACT": (0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
 }
 
 

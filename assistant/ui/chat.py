@@ -38,7 +38,7 @@ EXAMPLES = (
 def get_assistant(directory: str) -> Assistant:
     """One Assistant (knowledge base + index) per run store, shared by all sessions.
 
-    One Chinese question warms the word segmenter (about 1.4 s once), so no user pays for it.
+    One Chinese question warms the word segmenter and the caches, so no user pays for them.
     """
     assistant = Assistant(live=RunStoreLiveSource(directory))
     assistant.index.search("什么是差分隐私？", k=1)  # no answer composed: no LLM call
