@@ -1,12 +1,18 @@
-"""Offline bilingual BM25 search over the knowledge base.
+"""Offline bilingual search over the knowledge base: BM25, then a re-ranking by cues.
 
-Each entry is scored on three views, because users rarely phrase a question like the KB does:
+Stage 1 scores each entry on three BM25 views, because users rarely phrase a question like the
+KB does:
   * its best-matching single question/paraphrase (short texts, so a close paraphrase wins),
   * all its questions and paraphrases together (rewards entries whose wording overlaps broadly),
   * its answer and citations, at a lower weight (catches terms only the answer mentions).
+Stage 2 re-ranks the best candidates by how much of the question they cover, whether they are
+about the legal system the question names, and whether their answer states the kind of fact
+asked for (assistant.query_cues).
 Chinese is tokenised with jieba words plus character bigrams (bigrams survive segmentation
-differences between the question and the KB); English with lowercase words, stop words removed
-and a light suffix-stripping stemmer. The index is built once per process per KB digest.
+differences between the question and the KB), questions with a dictionary of the KB's own words
+(assistant.segmenter); English with lowercase words, stop words removed and a light stemmer;
+both get one token per bilingual lexicon concept (assistant.lexicon). The index is built once
+per process per KB digest, from a token cache on disk.
 """
 
 from __future__ import annotations
@@ -28,7 +34,13 @@ import numpy as np
 from assistant import segmenter
 from assistant.knowledge_base import Entry, KnowledgeBase
 from assistant.lexicon import concept_tokens, without_concepts
-from assistant.query_cues import asked_facts, fact_profile, jurisdiction_cues, jurisdiction_fit
+from assistant.query_cues import (
+    FactProfile,
+    asked_facts,
+    fact_profile,
+    jurisdiction_cues,
+    jurisdiction_fit,
+)
 from assistant.segmenter import Segmenter, for_vocabulary, full, vocabulary
 
 # Weights of the three views. A grid over W_QUESTIONS in 0..1 and W_ANSWER in 0..1 on the eval set
@@ -243,7 +255,7 @@ class SearchIndex:
             cache_dir,
         )
         self._codes = [frozenset(e.jurisdiction) for e in kb.entries]
-        self._facts = [fact_profile(e) for e in kb.entries]
+        self._facts = [FactProfile(strength) for strength in tokens["facts"]]
         self._sentences = BM25(sentences)
         self._questions = BM25(questions)
         self._answers = BM25(answers)
@@ -350,11 +362,15 @@ def _tokenize_kb(kb: KnowledgeBase) -> dict[str, Any]:
         owner.extend([i] * len(texts))
         answers.append(tokenize(" ".join([*e.answer.values(), *e.citations])))
     zh_vocab = vocabulary(t for e in kb.entries for t in [*_question_texts(e), *e.answer.values()])
-    return {"sentences": sentences, "owner": owner, "answers": answers, "zh_vocab": zh_vocab}
+    facts = [dict(fact_profile(e).strength) for e in kb.entries]  # regexes: cached with tokens
+    return {
+        "sentences": sentences, "owner": owner, "answers": answers, "zh_vocab": zh_vocab,
+        "facts": facts,
+    }  # fmt: skip
 
 
 # Bump when tokenize() changes, so stale token caches are ignored.
-TOKENIZER_VERSION = 6
+TOKENIZER_VERSION = 7
 
 
 def _cache_file(kb: KnowledgeBase, cache_dir: Path | None) -> Path:
@@ -365,8 +381,9 @@ def _cache_file(kb: KnowledgeBase, cache_dir: Path | None) -> Path:
 def _load_tokens(kb: KnowledgeBase, cache_dir: Path | None) -> dict[str, Any] | None:
     """Tokenised KB from the disk cache (JSON, keyed by KB digest), or None if absent/bad.
 
-    Tokenising a few hundred bilingual entries with jieba costs most of the cold start; the
-    cache turns it into one file read. JSON (not pickle) so a cache file cannot run code.
+    Tokenising the bilingual entries with jieba's full dictionary (and profiling their facts)
+    would cost most of the cold start; the cache turns it into one file read. JSON (not
+    pickle) so a cache file cannot run code.
     """
     try:
         data = json.loads(_cache_file(kb, cache_dir).read_text(encoding="utf-8"))
@@ -378,6 +395,7 @@ def _load_tokens(kb: KnowledgeBase, cache_dir: Path | None) -> dict[str, Any] | 
         or len(data.get("answers", ())) != len(kb.entries)
         or len(data.get("sentences", ())) != len(data.get("owner", ()))
         or not isinstance(data.get("zh_vocab"), dict)
+        or len(data.get("facts", ())) != len(kb.entries)
     ):
         return None
     return data
