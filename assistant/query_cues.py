@@ -180,8 +180,6 @@ def jurisdiction_fit(cues: frozenset[str], entry_codes: frozenset[str]) -> tuple
 
 # --- the fact a question asks for, and the facts an answer states ---------------------------
 
-FACT_KINDS: tuple[str, ...] = ("date", "duration", "age", "number", "article", "case", "who")
-
 _I = re.IGNORECASE
 _ASKS: dict[str, re.Pattern[str]] = {
     "date": _rx(
