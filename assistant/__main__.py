@@ -47,9 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def render(answer: Answer) -> str:
-    """Plain-text rendering: answer, numbered sources, jurisdiction/date, confidence, note."""
+    """Plain-text rendering: answer, update note, numbered sources, jurisdiction/date,
+    confidence, disclaimer."""
     lang = answer.lang
-    lines = [answer.answer, ""]
+    lines = [answer.full_text(), ""]
     if answer.sources:
         lines.append("Sources:" if lang == "en" else "来源：")
         for i, source in enumerate(answer.sources, 1):

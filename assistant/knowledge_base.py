@@ -26,7 +26,7 @@ TOPICS: frozenset[str] = frozenset(
         "personal-data", "legal-bases", "sensitive-data", "impact-assessment", "cross-border",
         "retention", "security", "anonymisation", "cn-genai", "eu-ai-act", "copyright",
         "ai-output-ownership", "patents", "trade-secrets", "licences", "differential-privacy",
-        "automated-decisions", "roles", "fedguard",
+        "automated-decisions", "roles", "fedguard", "health", "finance", "accountability",
     }
 )  # fmt: skip
 JURISDICTIONS: frozenset[str] = frozenset({"EU", "CN", "US", "UK", "JP", "DE", "INTL", "FEDGUARD"})

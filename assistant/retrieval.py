@@ -1,18 +1,23 @@
-"""Offline bilingual BM25 search over the knowledge base.
+"""Offline bilingual search over the knowledge base: BM25, then a re-ranking by cues.
 
-Each entry is scored on three views, because users rarely phrase a question like the KB does:
+Stage 1 scores each entry on three BM25 views, because users rarely phrase a question like the
+KB does:
   * its best-matching single question/paraphrase (short texts, so a close paraphrase wins),
   * all its questions and paraphrases together (rewards entries whose wording overlaps broadly),
   * its answer and citations, at a lower weight (catches terms only the answer mentions).
+Stage 2 re-ranks the best candidates by how much of the question they cover, whether they are
+about the legal system the question names, and whether their answer states the kind of fact
+asked for (assistant.query_cues).
 Chinese is tokenised with jieba words plus character bigrams (bigrams survive segmentation
-differences between the question and the KB); English with lowercase words, stop words removed
-and a light suffix-stripping stemmer. The index is built once per process per KB digest.
+differences between the question and the KB), questions with a dictionary of the KB's own words
+(assistant.segmenter); English with lowercase words, stop words removed and a light stemmer;
+both get one token per bilingual lexicon concept (assistant.lexicon). The index is built once
+per process per KB digest, from a token cache on disk.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import re
@@ -22,10 +27,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from assistant import segmenter
 from assistant.knowledge_base import Entry, KnowledgeBase
+from assistant.lexicon import concept_tokens, without_concepts
+from assistant.query_cues import (
+    FactProfile,
+    asked_facts,
+    fact_profile,
+    jurisdiction_cues,
+    jurisdiction_fit,
+)
+from assistant.segmenter import Segmenter, for_vocabulary, full, vocabulary
 
 # Weights of the three views. A grid over W_QUESTIONS in 0..1 and W_ANSWER in 0..1 on the eval set
 # was flat (top-1 66/71 almost everywhere), so these are the a-priori choices, not a tuned optimum.
@@ -33,6 +49,19 @@ W_SENTENCE = 1.0
 W_QUESTIONS = 0.5
 W_ANSWER = 0.25
 K1, B = 1.2, 0.75
+# Stage 2 (re-ranking the CANDIDATES best BM25 entries), tuned on tests/data/assistant_eval.yaml
+# only (`scripts/eval_assistant.py --grid`), never on the held-out set:
+#   (COVERAGE_FLOOR + coverage) ** COVERAGE_POWER  favours entries that cover more of the
+#       question's content words, so one rare shared word cannot carry an entry alone;
+#   exp(W_JURISDICTION * (fit - 0.5))  fit in [0, 1] of the entry's legal systems against the
+#       ones the question names (neutral entries and questions without a cue: factor 1);
+#   1 + W_ASKED_FACT * support  support in [0, 1]: how fully the answer states the kind of
+#       fact asked for (a date for "when", a period for "how long"...).
+CANDIDATES = 30
+COVERAGE_FLOOR, COVERAGE_POWER = 0.2, 2.0
+W_ANSWER_COVERAGE = 0.75  # weight of words found only in the answer, in the coverage above
+W_JURISDICTION = 1.0
+W_ASKED_FACT = 1.5
 
 
 def _words(text: str) -> frozenset[str]:
@@ -55,45 +84,12 @@ ZH_STOP: frozenset[str] = _words(
     """的 了 吗 呢 吧 啊 呀 是 在 和 与 及 或 或者 而 就 都 也 还 又 对 把 被 让 给 从 向 于
     以 之 其 我 我们 你 你们 他 她 它 他们 这 那 这个 那个 这些 那些 哪 哪些 哪个 什么 怎么
     怎么样 怎样 如何 为什么 是否 是不是 有没有 能否 能不能 可否 请问 请 一下 一个 有 没有
-    会 要 么 啥 多少 几"""
-)
+    会 要 么 啥 多少 几 必须 需要 应该 应当 可以 能够 能 情况 情况下 情形 时候 问题"""
+)  # the modal and phrasing words match EN_STOP's can/must/should: they carry no topic
 # Function characters: a bigram containing one ("是怎", "么工") carries phrasing, not topic, and
 # would let "…是怎么工作的？" match any entry phrased the same way.
 ZH_STOP_CHARS: frozenset[str] = frozenset("的了吗呢吧啊呀么怎什哪是否谁")
 _BIGRAM = "\u00a7"  # prefix that keeps character bigrams apart from jieba words in the index
-
-_jieba_lock = threading.Lock()
-_jieba_ready = False
-
-
-def _cache_dir() -> Path:
-    """Where jieba keeps its parsed-dictionary cache (never the system temp dir of a test run)."""
-    env = os.environ.get("FEDGUARD_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fedguard"
-
-
-def _jieba():  # type: ignore[no-untyped-def]
-    """Import and initialise jieba once, silently (it logs to stderr and never to stdout)."""
-    global _jieba_ready
-    import jieba
-
-    if not _jieba_ready:
-        with _jieba_lock:
-            if not _jieba_ready:
-                jieba.setLogLevel(logging.ERROR)
-                cache = _cache_dir()
-                try:
-                    cache.mkdir(parents=True, exist_ok=True)
-                    jieba.dt.tmp_dir = str(cache)
-                except OSError:  # read-only home: jieba still works, it just re-parses each time
-                    logging.getLogger("jieba").setLevel(logging.CRITICAL)
-                jieba.initialize()
-                _jieba_ready = True
-    return jieba
-
 
 @lru_cache(maxsize=65536)
 def stem(word: str) -> str:
@@ -127,18 +123,20 @@ def stem(word: str) -> str:
     return w
 
 
-def query_units(text: str) -> list[tuple[str, tuple[str, ...]]]:
+def query_units(text: str, seg: Segmenter | None = None) -> list[tuple[str, tuple[str, ...]]]:
     """Content units of a question for the coverage score: (unit, its character bigrams).
 
     Units are English stems and Chinese jieba words of 2+ characters (stop words dropped).
     Coverage is counted on units, not raw index tokens, because the bigrams that straddle word
-    boundaries ("习里" in "联邦学习里") are noise that no entry contains.
+    boundaries ("习里" in "联邦学习里") are noise that no entry contains. A lexicon concept
+    ("数据保护影响评估", "DPIA") is one unit, so an entry that writes it another way covers it.
     """
-    units: list[tuple[str, tuple[str, ...]]] = []
+    text, concepts = without_concepts(text)
+    units: list[tuple[str, tuple[str, ...]]] = [(c, ()) for c in concepts]
     for match in _RUN.finditer(text):
         han = match.group("han")
         if han:
-            for word in _jieba().lcut(han):
+            for word in (seg or full()).lcut(han):
                 if len(word) >= 2 and word not in ZH_STOP:
                     bigrams = tuple(_BIGRAM + word[i : i + 2] for i in range(len(word) - 1))
                     units.append((word, bigrams))
@@ -149,9 +147,13 @@ def query_units(text: str) -> list[tuple[str, tuple[str, ...]]]:
     return list(dict.fromkeys(units))
 
 
-def tokenize(text: str) -> list[str]:
-    """Index/query tokens for mixed Chinese/English text (order kept, duplicates kept)."""
-    tokens: list[str] = []
+def tokenize(text: str, seg: Segmenter | None = None) -> list[str]:
+    """Index/query tokens for mixed Chinese/English text (order kept, duplicates kept).
+
+    Words, Chinese bigrams and one token per lexicon concept mentioned (see assistant.lexicon).
+    `seg` cuts Chinese runs into words (default: jieba's full dictionary).
+    """
+    tokens: list[str] = concept_tokens(text)
     for match in _RUN.finditer(text):
         han = match.group("han")
         if han:
@@ -159,7 +161,7 @@ def tokenize(text: str) -> list[str]:
                 if han not in ZH_STOP:
                     tokens.append(han)
                 continue
-            tokens.extend(w for w in _jieba().lcut_for_search(han) if w not in ZH_STOP)
+            tokens.extend(w for w in (seg or full()).lcut_for_search(han) if w not in ZH_STOP)
             tokens.extend(
                 _BIGRAM + han[i : i + 2]
                 for i in range(len(han) - 1)
@@ -248,13 +250,24 @@ class SearchIndex:
         self._q_text = [" ".join(_question_texts(e)).lower() for e in kb.entries]
         self._a_text = [" ".join([*e.answer.values(), *e.citations]).lower() for e in kb.entries]
         self._owner = np.array(owner, dtype=np.int64)
+        self._seg = for_vocabulary(
+            tokens["zh_vocab"], f"assistant-jieba-v{TOKENIZER_VERSION}-{kb.digest[:24]}.txt",
+            cache_dir,
+        )
+        self._codes = [frozenset(e.jurisdiction) for e in kb.entries]
+        self._facts = [FactProfile(strength) for strength in tokens["facts"]]
         self._sentences = BM25(sentences)
         self._questions = BM25(questions)
         self._answers = BM25(answers)
 
     def search(self, question: str, k: int = 5) -> list[Hit]:
-        """The k best entries for a question, best first (empty if nothing matches at all)."""
-        query = tokenize(question)
+        """The k best entries for a question, best first (empty if nothing matches at all).
+
+        Stage 1 scores every entry with BM25; stage 2 re-ranks the best CANDIDATES by how much
+        of the question they cover, whether they are about the legal system the question names,
+        and whether their answer states the kind of fact the question asks for.
+        """
+        query = tokenize(question, self._seg)
         n = len(self.kb.entries)
         if not query or n == 0:
             return []
@@ -265,14 +278,14 @@ class SearchIndex:
             + W_QUESTIONS * self._questions.scores(query)
             + W_ANSWER * self._answers.scores(query)
         )
-        order = np.argsort(-total, kind="stable")[:k]
-        units = [(u, bigrams, self._weight(u, bigrams)) for u, bigrams in query_units(question)]
+        order = np.argsort(-total, kind="stable")[:CANDIDATES]
+        candidates = [int(i) for i in order if total[i] > 0]
+        units = [(u, bg, self._weight(u, bg)) for u, bg in query_units(question, self._seg)]
         weight_sum = sum(w for _, _, w in units) or 1.0
         unit_idf = self._questions.unseen_idf()
-        hits = []
-        for i in order:
-            if total[i] <= 0:
-                break
+        cues, asked = jurisdiction_cues(question), asked_facts(question)
+        ranked = []
+        for i in candidates:
             in_q = sum(w for u, bg, w in units if self._contains(i, u, bg, question_side=True))
             in_a = sum(
                 w
@@ -280,17 +293,34 @@ class SearchIndex:
                 if not self._contains(i, u, bg, question_side=True)
                 and self._contains(i, u, bg, question_side=False)
             )
-            score = float(total[i])
-            hits.append(
-                Hit(
-                    self.kb.entries[i],
-                    score,
-                    coverage=(in_q + in_a) / weight_sum,
-                    question_coverage=in_q / weight_sum,
-                    strength=score / unit_idf,
-                )
+            coverage = (in_q + in_a) / weight_sum
+            # Answers are long and mention many generic words, so they count less for ranking.
+            rank_coverage = (in_q + W_ANSWER_COVERAGE * in_a) / weight_sum
+            score = float(total[i]) * self._rerank_factor(i, rank_coverage, cues, asked)
+            ranked.append((score, i, coverage, in_q / weight_sum))
+        ranked.sort(key=lambda r: -r[0])
+        return [
+            Hit(
+                self.kb.entries[i],
+                score,
+                coverage=coverage,
+                question_coverage=q_coverage,
+                strength=float(total[i]) / unit_idf,
             )
-        return hits
+            for score, i, coverage, q_coverage in ranked[:k]
+        ]
+
+    def _rerank_factor(
+        self, i: int, coverage: float, cues: frozenset[str], asked: frozenset[str]
+    ) -> float:
+        """Multiplier on entry i's BM25 score from coverage, jurisdiction and asked fact."""
+        factor = (COVERAGE_FLOOR + coverage) ** COVERAGE_POWER
+        if cues:
+            recall, precision = jurisdiction_fit(cues, self._codes[i])
+            factor *= math.exp(W_JURISDICTION * ((recall + precision) / 2 - 0.5))
+        if asked:
+            factor *= 1.0 + W_ASKED_FACT * self._facts[i].support(asked)
+        return factor
 
     def _contains(self, i: int, unit: str, bigrams: tuple[str, ...], question_side: bool) -> bool:
         """Whether entry i mentions a unit: a stem among its tokens, a Chinese word verbatim."""
@@ -320,8 +350,9 @@ def _question_texts(entry: Entry) -> list[str]:
     return texts
 
 
-def _tokenize_kb(kb: KnowledgeBase) -> dict[str, list]:  # type: ignore[type-arg]
-    """Tokens of every question/paraphrase (with owning entry) and of every answer."""
+def _tokenize_kb(kb: KnowledgeBase) -> dict[str, Any]:
+    """Tokens of every question/paraphrase (with owning entry) and of every answer, and the
+    Chinese vocabulary questions are segmented with."""
     sentences: list[list[str]] = []
     owner: list[int] = []
     answers: list[list[str]] = []
@@ -330,23 +361,29 @@ def _tokenize_kb(kb: KnowledgeBase) -> dict[str, list]:  # type: ignore[type-arg
         sentences.extend(tokenize(t) for t in texts)
         owner.extend([i] * len(texts))
         answers.append(tokenize(" ".join([*e.answer.values(), *e.citations])))
-    return {"sentences": sentences, "owner": owner, "answers": answers}
+    zh_vocab = vocabulary(t for e in kb.entries for t in [*_question_texts(e), *e.answer.values()])
+    facts = [dict(fact_profile(e).strength) for e in kb.entries]  # regexes: cached with tokens
+    return {
+        "sentences": sentences, "owner": owner, "answers": answers, "zh_vocab": zh_vocab,
+        "facts": facts,
+    }  # fmt: skip
 
 
 # Bump when tokenize() changes, so stale token caches are ignored.
-TOKENIZER_VERSION = 3
+TOKENIZER_VERSION = 7
 
 
 def _cache_file(kb: KnowledgeBase, cache_dir: Path | None) -> Path:
-    directory = cache_dir if cache_dir is not None else _cache_dir()
+    directory = cache_dir if cache_dir is not None else segmenter.cache_dir()
     return directory / f"assistant-tokens-v{TOKENIZER_VERSION}-{kb.digest[:24]}.json"
 
 
-def _load_tokens(kb: KnowledgeBase, cache_dir: Path | None) -> dict[str, list] | None:  # type: ignore[type-arg]
+def _load_tokens(kb: KnowledgeBase, cache_dir: Path | None) -> dict[str, Any] | None:
     """Tokenised KB from the disk cache (JSON, keyed by KB digest), or None if absent/bad.
 
-    Tokenising a few hundred bilingual entries with jieba costs most of the cold start; the
-    cache turns it into one file read. JSON (not pickle) so a cache file cannot run code.
+    Tokenising the bilingual entries with jieba's full dictionary (and profiling their facts)
+    would cost most of the cold start; the cache turns it into one file read. JSON (not
+    pickle) so a cache file cannot run code.
     """
     try:
         data = json.loads(_cache_file(kb, cache_dir).read_text(encoding="utf-8"))
@@ -357,12 +394,14 @@ def _load_tokens(kb: KnowledgeBase, cache_dir: Path | None) -> dict[str, list] |
         or data.get("digest") != kb.digest
         or len(data.get("answers", ())) != len(kb.entries)
         or len(data.get("sentences", ())) != len(data.get("owner", ()))
+        or not isinstance(data.get("zh_vocab"), dict)
+        or len(data.get("facts", ())) != len(kb.entries)
     ):
         return None
     return data
 
 
-def _save_tokens(kb: KnowledgeBase, cache_dir: Path | None, tokens: dict[str, list]) -> None:  # type: ignore[type-arg]
+def _save_tokens(kb: KnowledgeBase, cache_dir: Path | None, tokens: dict[str, Any]) -> None:
     """Write the token cache atomically; a read-only or full disk just means no cache."""
     path = _cache_file(kb, cache_dir)
     try:

@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     samples = latency_ms(Assistant(kb, use_env_llm=False), questions, args.repeat)
     p50, p95 = percentile(samples, 50), percentile(samples, 95)
-    # Cold start per language: a Chinese question also pays for loading jieba's dictionary.
+    # Cold start per language: a Chinese question also loads the (small) jieba dictionary.
     first = {lang: next(i.question for i in items if i.lang == lang) for lang in ("en", "zh")}
     cold = {lang: cold_start_s(args.kb, q, args.cold_runs) for lang, q in first.items()}
 

@@ -183,3 +183,23 @@ def test_live_question_without_adapter_says_no_store_is_connected(
     code, out, _ = run_main(capsys, "节点3消耗了多少隐私预算？", "--json", "--kb", str(kb_dir))
     data = json.loads(out)
     assert code == 0 and data["lang"] == "zh" and "运行记录库" in data["answer"]
+
+
+def test_out_of_date_entry_carries_the_update_note_in_text_and_json(
+    kb_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = tmp_path / "old-kb"
+    old.mkdir()
+    stale = {**ENTRY, "last_verified": "2024-06-01"}  # more than a year before any test run
+    (old / "kb.yaml").write_text(yaml.safe_dump([stale, OTHER], allow_unicode=True), "utf-8")
+    question = "Which mechanisms let us export personal data from China?"
+    code, out, _ = run_main(capsys, question, "--kb", str(old))
+    answer, note = out.split("\n\n")[:2]
+    assert code == 0 and answer == ENTRY["answer"]["en"]
+    assert note == (
+        "Check for updates: this entry was last verified on 2024-06-01, more than a year ago."
+    )
+    code, out, _ = run_main(capsys, question, "--json", "--kb", str(old))
+    assert json.loads(out)["answer"] == f"{ENTRY['answer']['en']}\n\n{note}"
+    code, out, _ = run_main(capsys, question, "--json", "--kb", str(kb_dir))
+    assert "Check for updates" not in json.loads(out)["answer"]  # verified 2026-11-20: current

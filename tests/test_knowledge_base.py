@@ -13,10 +13,18 @@ from pathlib import Path
 import pytest
 import yaml
 
+from assistant.freshness import (
+    PENDING_CHANGES,
+    STALE_AFTER,
+    outdated_numbering,
+    update_note,
+    update_reasons,
+)
 from assistant.knowledge_base import (
     DEFAULT_KB_DIR,
     JURISDICTIONS,
     TOPICS,
+    Entry,
     KBError,
     load_kb,
     parse_entries,
@@ -197,3 +205,92 @@ def test_real_kb_texts_are_in_the_language_they_claim() -> None:
         for field, by_lang in texts.items():
             for lang in ("en", "zh"):
                 assert detect_language(by_lang[lang]) == lang, f"{e.file}: {e.id}: {field}.{lang}"
+
+
+# --- freshness: renumbered articles and "check for updates" notes --------------------------
+
+def parsed(**changes: object) -> Entry:
+    text = yaml.safe_dump([entry(**changes)], allow_unicode=True)
+    (e,) = parse_entries(text, "t.yaml", dt.date(2030, 1, 1))  # any date we pass is allowed
+    return e
+
+
+def test_real_kb_cites_no_article_by_a_replaced_number() -> None:
+    problems = [p for e in load_kb() for p in outdated_numbering(e)]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("citation", "outdated"),
+    [
+        ("网络安全法 (Cybersecurity Law) Art. 21(3)", True),
+        ("Cybersecurity Law Art. 37", True),
+        ("网络安全法 第二十一条", True),
+        ("网络安全法 (Cybersecurity Law) Art. 23", False),
+        ("Cybersecurity Law Art. 23 as amended (Art. 21 in the 2016 text)", False),
+        ("Cybersecurity Law Art. 21, numbering in force since 1 Jan 2026", False),
+        ("PIPL Art. 21 (entrusted processing)", False),  # another law's Art. 21
+        ("Data Security Law (数据安全法) Art. 21, 31", False),
+        ("Cybersecurity Law Art. 210", False),
+        ("专利法 (Patent Law) Art. 15", True),
+        ("专利法 (Patent Law of the PRC, 2020 amendment) Art. 14", False),
+    ],
+)
+def test_outdated_numbering_flags_only_replaced_article_numbers(
+    citation: str, outdated: bool
+) -> None:
+    problems = outdated_numbering(parsed(citations=[citation]))
+    assert bool(problems) is outdated, problems
+    if outdated:
+        assert "t.yaml: entry 'gdpr-legitimate-interest': citation" in problems[0]
+        assert "renumbered" in problems[0] and "\n" not in problems[0]
+
+
+def test_outdated_numbering_reads_answer_sentences_too() -> None:
+    old = {"en": "Operators keep logs (Cybersecurity Law Art. 21). Done.",
+           "zh": "见网络安全法第二十一条。"}  # fmt: skip
+    problems = outdated_numbering(parsed(answer=old))
+    assert [p.split(": ")[2].split(" ")[0] for p in problems] == ["answer.zh", "answer.en"]
+    moved = {"en": "The MLPS article moved from Art. 21 to Art. 23 of the Cybersecurity Law.",
+             "zh": "网络安全法第二十一条现为第二十三条。"}  # fmt: skip
+    assert outdated_numbering(parsed(answer=moved)) == []
+
+
+def test_update_note_for_an_entry_verified_more_than_a_year_ago() -> None:
+    e = parsed(citations=["Dwork & Roth 2014"], last_verified="2025-06-30")
+    assert update_note(e, "en", e.last_verified + STALE_AFTER) == ""  # exactly one year: current
+    note = update_note(e, "en", e.last_verified + STALE_AFTER + dt.timedelta(days=1))
+    assert note == (
+        "Check for updates: this entry was last verified on 2025-06-30, more than a year ago."
+    )
+    zh = update_note(e, "zh", dt.date(2026, 12, 1))
+    assert zh.startswith("请核实是否有更新：") and "2025-06-30" in zh and zh.endswith("。")
+
+
+def test_update_note_for_a_law_with_a_pending_or_recent_change() -> None:
+    today = dt.date(2026, 12, 1)
+    gdpr = parsed(citations=["GDPR Art. 6(1)(f)"], last_verified="2026-11-20")
+    assert "Digital Omnibus" in update_note(gdpr, "en", today)
+    plain = parsed(citations=["Dwork & Roth 2014"], last_verified="2026-11-20")
+    assert update_note(plain, "en", today) == ""
+    # A dated change: pending before it applies, then only for entries verified before it.
+    (pld,) = [c for c in PENDING_CHANGES if c.cites.search("Directive (EU) 2024/2853")]
+    old = parsed(citations=["Directive (EU) 2024/2853"], last_verified="2026-11-20")
+    new = parsed(citations=["Directive (EU) 2024/2853"], last_verified="2026-12-10")
+    assert pld.affects(old, dt.date(2026, 12, 8))
+    assert pld.affects(old, dt.date(2027, 1, 5))
+    assert not pld.affects(new, dt.date(2027, 1, 5))
+    assert update_reasons(new, "en", dt.date(2027, 1, 5)) == []
+
+
+def test_every_pending_change_has_both_languages_and_a_source() -> None:
+    for change in PENDING_CHANGES:
+        assert change.note["en"] and change.note["zh"] and change.source
+        assert detect_language(change.note["zh"]) == "zh"
+        assert change.checked <= dt.date.today()
+
+
+def test_new_sector_topics_have_entries() -> None:
+    topics = load_kb().topics()
+    for topic in ("health", "finance", "accountability"):
+        assert topic in topics and topic in TOPICS

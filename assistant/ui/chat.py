@@ -38,7 +38,7 @@ EXAMPLES = (
 def get_assistant(directory: str) -> Assistant:
     """One Assistant (knowledge base + index) per run store, shared by all sessions.
 
-    One Chinese question warms the word segmenter (about 1.4 s once), so no user pays for it.
+    One Chinese question warms the word segmenter and the caches, so no user pays for them.
     """
     assistant = Assistant(live=RunStoreLiveSource(directory))
     assistant.index.search("什么是差分隐私？", k=1)  # no answer composed: no LLM call
@@ -56,6 +56,7 @@ def _answer_turn(answer: Answer) -> dict[str, Any]:
         "sources": [s.to_dict() for s in answer.sources],
         "related": [topic_label(t, answer.lang) for t in answer.related_topics],
         "disclaimer": answer.disclaimer,
+        "update_note": answer.update_note,
     }
 
 
@@ -106,6 +107,8 @@ def _show(turn: dict[str, Any]) -> None:
             st.warning(md_escape(turn["text"]))
         else:
             st.markdown(md_escape(turn["text"]))
+        if turn.get("update_note"):
+            st.info(md_escape(turn["update_note"]))
         if turn["sources"]:
             lines = [f"**{labels['sources']}**"]
             for i, src in enumerate(turn["sources"], 1):
