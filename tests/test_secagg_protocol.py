@@ -284,7 +284,7 @@ def _flip(blob: bytes, pos: int = 20) -> bytes:
 
 def test_tampered_ciphertext_fails_and_sender_is_treated_as_dropped() -> None:
     vectors = _vectors(6, 32)
-    params = resolve_params(6, 32)
+    params = resolve_params(6, 32, num_neighbours=5)  # complete: every pair swaps bundles
     ids = sorted(vectors)
     victim_rcpt, bad_sender = ids[0], ids[3]
 

@@ -230,3 +230,4 @@ def min_survivors_floor(n: int, k: int, t: int, model: ThreatModel) -> int:
     anything), two more than the corrupt nodes (every honest input is summed with another
     honest one) and few enough dropouts for E2 (`max_dropouts`)."""
     return max(n // 2 + 1, t, model.corrupt(n) + 2, n - max_dropouts(n, k, model))
+

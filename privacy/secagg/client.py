@@ -319,9 +319,9 @@ class SecAggClient:
     def unmask(self, msg: UnmaskRequestMsg) -> UnmaskSharesMsg:
         """Stage 4: reveal seed shares of survivors and key shares of dropped nodes, once.
 
-        Refused when this node is not listed as a survivor: its own masked input would then
-        be unmasked by its key share, and a node listed as dropped never helps reveal the key
-        that hides its own vector.
+        Refused when this node is not listed as a survivor: a node the server calls dropped
+        has nothing to contribute, and answering would hand over a share of its own mask key
+        (one step towards both of its secrets if the server lies to other nodes).
         """
         self._expect("masked")
         self._expect_round(msg.round_id)

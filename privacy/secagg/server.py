@@ -295,7 +295,7 @@ class SecAggServer:
         needed = set().union(*(self.mask_sets[v] for v in survivors)) - surv
         self.reveal_keys_of = tuple(sorted(needed))
         request = UnmaskRequestMsg(self.round_id, self.survivors, self.reveal_keys_of)
-        return {nid: request for nid in sorted(responders)}
+        return dict.fromkeys(self.survivors, request)  # a node left out refuses to answer
 
     def collect_unmask(self, replies: Mapping[int, UnmaskSharesMsg | Mapping]) -> SecAggResult:
         """Stage 4: reconstruct seeds of survivors and keys of dropped nodes; return the sum."""
