@@ -283,3 +283,18 @@ def test_tampered_shares_are_caught() -> None:
         crypto.combine_secret(bad, 16)  # wrong share: the result no longer fits 16 bytes
     with pytest.raises(crypto.CryptoFailure):
         crypto.combine_secret([(1, b"\xff" * 33)] + picked[1:], 32)  # not a field element
+
+
+def test_clients_refuse_a_setup_with_weak_graph_or_floor() -> None:
+    """validate() runs on every client too: a server cannot announce unsafe (k, t, floor)."""
+    import dataclasses
+
+    p = resolve_params(100, 4)
+    for change, needle in (
+        ({"threshold": p.threshold - 1}, "colluding neighbours"),
+        ({"num_neighbours": 4, "threshold": 5}, "cut the honest ones apart"),
+        ({"min_survivors": p.min_survivors - 1}, "min_survivors"),
+        ({"corrupt_fraction": 0.5}, "corrupt_fraction"),
+    ):
+        with pytest.raises(SecAggConfigError, match=needle):
+            dataclasses.replace(p, **change).validate()

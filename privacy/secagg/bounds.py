@@ -126,15 +126,17 @@ def _exact_bounds(
     if dropped:
         shortfall = max(shortfall, _tail(n - 1, dropped - 1, k, k - t + 1))
     shortfall = _cap(n * shortfall)
-    removed, run = corrupt + dropped, k // 2
+    return exposure, _disconnection(n, k, corrupt + dropped), shortfall
+
+
+@lru_cache(maxsize=4096)
+def _disconnection(n: int, k: int, removed: int) -> Fraction:
+    """P(E2) bound when `removed` random ring positions (corrupt or dropped) are taken out."""
+    run = k // 2
     if k >= n - 1 or removed < 2 * run:  # complete graph, or too few removed to cut twice
-        disconnection = Fraction(0)
-    else:
-        pairs = n * n // 2
-        disconnection = _cap(
-            Fraction(pairs * math.comb(n - 2 * run, removed - 2 * run), math.comb(n, removed))
-        )
-    return exposure, disconnection, shortfall
+        return Fraction(0)
+    pairs = n * n // 2  # at least the number of pairs of disjoint windows of `run` positions
+    return _cap(Fraction(pairs * math.comb(n - 2 * run, removed - 2 * run), math.comb(n, removed)))
 
 
 def failure_bounds(n: int, k: int, t: int, model: ThreatModel) -> FailureBounds:
@@ -157,6 +159,11 @@ def failure_bounds(n: int, k: int, t: int, model: ThreatModel) -> FailureBounds:
 def exposure_is_negligible(n: int, k: int, t: int, model: ThreatModel) -> bool:
     """True when P(E1) <= 2^-sigma, compared exactly."""
     return _exposure(n, min(k, n - 1), t, model.corrupt(n)) <= Fraction(1, 2**model.sigma)
+
+
+def colluders_cannot_cut(n: int, k: int, model: ThreatModel) -> bool:
+    """True when the colluding nodes alone disconnect the honest ones with P <= 2^-sigma."""
+    return _disconnection(n, min(k, n - 1), model.corrupt(n)) <= Fraction(1, 2**model.sigma)
 
 
 def _smallest_secure(n: int, k: int, model: ThreatModel) -> int | None:
@@ -215,10 +222,10 @@ def max_dropouts(n: int, k: int, model: ThreatModel) -> int:
     corrupt, sec = model.corrupt(n), Fraction(1, 2**model.sigma)
     if k >= n - 1:
         return n
-    lo, hi = 0, n - corrupt  # invariant: E2 holds at lo
+    lo, hi = 0, n - corrupt  # E2 grows with the dropouts; 0 when even none is too many
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if _exact_bounds(n, k, min_threshold(k), corrupt, mid)[1] <= sec:
+        if _disconnection(n, k, corrupt + mid) <= sec:
             lo = mid
         else:
             hi = mid - 1

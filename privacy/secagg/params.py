@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from privacy.secagg.bounds import (
     FailureBounds,
     ThreatModel,
+    colluders_cannot_cut,
     derive_graph,
     exposure_is_negligible,
     failure_bounds,
@@ -111,6 +112,11 @@ class SecAggParams:
                 f"has >= t colluding neighbours) = {self.failure_bounds().exposure:.2g} exceeds "
                 f"2^-{self.sigma} at corrupt_fraction={self.corrupt_fraction:.3g}; leave both "
                 "unset to derive safe ones"
+            )
+        if not colluders_cannot_cut(n, self.num_neighbours, model):
+            raise SecAggConfigError(
+                f"num_neighbours={self.num_neighbours}: the colluding nodes alone may cut the "
+                f"honest ones apart (P > 2^-{self.sigma}); raise num_neighbours or leave it unset"
             )
         floor = min_survivors_floor(n, self.num_neighbours, self.threshold, model)
         if not floor <= self.min_survivors <= n:
