@@ -28,6 +28,7 @@ from privacy.secagg import (
     encode,
     resolve_params,
 )
+from privacy.secagg.crypto import SHARE_BYTES
 from privacy.secagg.messages import CIPHERTEXT_BYTES
 
 IDS = (7, 2**63 + 5, 2**64 - 1)
@@ -39,12 +40,12 @@ def _valid_messages() -> list[Any]:
     return [
         server.setup(),
         AdvertiseKeysMsg(7, k, k[::-1], bytes(64)),
-        KeysMsg((7, 2**64 - 1), [k, k], [k, k], [b"", bytes(64)]),
+        KeysMsg(9, (7, 2**64 - 1), [k, k], [k, k], [b"", bytes(64)]),
         ShareKeysMsg(7, (2**64 - 1,), [bytes(CIPHERTEXT_BYTES)], bytes(32)),
-        ForwardedSharesMsg((2**63 + 5,), [bytes(CIPHERTEXT_BYTES)]),
+        ForwardedSharesMsg(9, (2**63 + 5,), [bytes(CIPHERTEXT_BYTES)]),
         MaskedInputMsg(7, np.arange(5, dtype=np.uint64), (2**64 - 1,)),
-        UnmaskRequestMsg((7, 2**63 + 5), (2**64 - 1,)),
-        UnmaskSharesMsg(7, (7,), [bytes(16)], (2**64 - 1,), [bytes(32)]),
+        UnmaskRequestMsg(9, (7, 2**63 + 5), (2**64 - 1,)),
+        UnmaskSharesMsg(7, (7,), [bytes(SHARE_BYTES)], (2**64 - 1,), [bytes(SHARE_BYTES)]),
     ]
 
 
@@ -205,6 +206,7 @@ node_ids = st.sampled_from([*IDS, 12345])
 def test_hostile_keys_message_raises_only_secagg_errors(entries: list, sig: bytes) -> None:
     client, _ = _client_at("advertised")
     msg = KeysMsg(
+        2,
         tuple(e[0] for e in entries),
         [e[1] for e in entries],
         [e[2] for e in entries],
@@ -225,7 +227,7 @@ def test_hostile_keys_message_raises_only_secagg_errors(entries: list, sig: byte
 )
 def test_garbage_bundles_are_rejected_not_crashing(entries: list) -> None:
     client, _ = _client_at("shared")
-    msg = ForwardedSharesMsg(tuple(e[0] for e in entries), [e[1] for e in entries])
+    msg = ForwardedSharesMsg(2, tuple(e[0] for e in entries), [e[1] for e in entries])
     with contextlib.suppress(SecAggError):
         reply = client.masked_input(msg, np.zeros(4))
         assert set(reply.rejected) == {e[0] for e in entries}  # random bytes never authenticate

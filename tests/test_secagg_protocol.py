@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from privacy.secagg import (
     run_local_round,
     unpack_weighted,
 )
-from privacy.secagg.graph import neighbour_map
+from privacy.secagg.graph import NeighbourGraph, ring_order
 
 SEED = 20260124
 
@@ -102,8 +103,8 @@ def test_clipping_bounds_each_entry_and_is_counted() -> None:
 @pytest.mark.parametrize("stage", ["advertise", "share_keys", "masked_input", "unmask"])
 def test_complete_graph_tolerates_group_size_minus_threshold_dropouts(stage: str) -> None:
     vectors = _vectors(8, 64)
-    params = resolve_params(8, 64)
-    assert params.complete_graph and params.threshold == 5
+    params = resolve_params(8, 64, num_neighbours=7)
+    assert params.complete_graph and params.threshold == 5 and params.min_survivors == 5
     drop = sorted(vectors)[: params.max_dropouts_per_group]  # 3 = k + 1 - t
     result = run_local_round(vectors, params, drop_after={stage: drop})
     if stage == "unmask":  # their masked inputs arrived: still in the sum
@@ -117,7 +118,7 @@ def test_complete_graph_tolerates_group_size_minus_threshold_dropouts(stage: str
 @pytest.mark.parametrize("stage", ["advertise", "share_keys", "masked_input", "unmask"])
 def test_one_more_dropout_aborts_below_threshold(stage: str) -> None:
     vectors = _vectors(8, 16)
-    params = resolve_params(8, 16)
+    params = resolve_params(8, 16, num_neighbours=7)
     drop = sorted(vectors)[: params.max_dropouts_per_group + 1]
     with pytest.raises(SecAggAbort) as info:
         run_local_round(vectors, params, drop_after={stage: drop})
@@ -128,7 +129,7 @@ def test_sparse_graph_neighbourhood_dropouts() -> None:
     """SecAgg+ graph: losing group_size - t of one node's share holders is still fine."""
     n, length = 40, 128
     vectors = _vectors(n, length)
-    params = resolve_params(n, length, num_neighbours=10)
+    params = resolve_params(n, length, num_neighbours=10, corrupt_fraction=0.0)
     assert not params.complete_graph and params.threshold == 6
     server = SecAggServer(sorted(vectors), params, run_id="r", round_id=3)
     victim = server.node_ids[0]
@@ -143,7 +144,7 @@ def test_sparse_graph_neighbourhood_dropouts() -> None:
 def test_sparse_graph_aborts_when_a_survivors_holders_fall_below_threshold() -> None:
     n = 40
     vectors = _vectors(n, 32)
-    params = resolve_params(n, 32, num_neighbours=10)
+    params = resolve_params(n, 32, num_neighbours=10, corrupt_fraction=0.0)
     server = SecAggServer(sorted(vectors), params, run_id="r", round_id=4)
     victim = server.node_ids[0]
     drop = sorted(server.neighbours[victim])[: params.max_dropouts_per_group + 1]
@@ -153,11 +154,33 @@ def test_sparse_graph_aborts_when_a_survivors_holders_fall_below_threshold() -> 
 
 def test_neighbour_graph_is_regular_symmetric_and_seeded() -> None:
     ids = list(range(100, 160))
-    a = neighbour_map(ids, 8, b"\x01" * 32)
-    b = neighbour_map(ids, 8, b"\x02" * 32)
+    a = NeighbourGraph(ids, 8, b"\x01" * 32).neighbour_map()
+    b = NeighbourGraph(ids, 8, b"\x02" * 32).neighbour_map()
     assert all(len(v) == 8 and u not in v for u, v in a.items())
     assert all(u in a[v] for u, vs in a.items() for v in vs)
-    assert a != b and a == neighbour_map(list(reversed(ids)), 8, b"\x01" * 32)
+    assert a != b and a == NeighbourGraph(list(reversed(ids)), 8, b"\x01" * 32).neighbour_map()
+
+
+def _bfs_connected(nodes: set[int], nbrs: dict[int, frozenset[int]]) -> bool:
+    start = next(iter(nodes))
+    seen, todo = {start}, [start]
+    while todo:
+        for v in nbrs[todo.pop()] & nodes:
+            if v not in seen:
+                seen.add(v)
+                todo.append(v)
+    return seen == nodes
+
+
+@pytest.mark.parametrize(("n", "k"), [(12, 2), (30, 4), (31, 6), (9, 8)])
+def test_ring_gap_connectivity_equals_graph_search(n: int, k: int) -> None:
+    """`connected` (two wide gaps on the ring) agrees with a search over the real edges."""
+    graph = NeighbourGraph(list(range(n)), k, bytes(range(32)))
+    nbrs = graph.neighbour_map()
+    rng = np.random.default_rng(SEED + n)
+    for _ in range(300):
+        subset = {int(u) for u in rng.choice(n, size=int(rng.integers(1, n + 1)), replace=False)}
+        assert graph.connected(subset) == _bfs_connected(subset, nbrs)
 
 
 # ---------------------------------------------------------------- what the server holds
@@ -212,10 +235,10 @@ def test_client_refuses_unmask_with_too_few_survivors_or_twice() -> None:
     params = resolve_params(5, 8)
     _, clients, _ = _run_to_masked(vectors, params)
     ids = sorted(vectors)
-    lonely = UnmaskRequestMsg(survivors=(ids[0],), dropped=tuple(ids[1:]))
+    lonely = UnmaskRequestMsg(1, survivors=(ids[0],), dropped=tuple(ids[1:]))
     with pytest.raises(SecAggAbort, match="fewer than"):
         clients[ids[0]].unmask(lonely)
-    fine = UnmaskRequestMsg(survivors=tuple(ids), dropped=())
+    fine = UnmaskRequestMsg(1, survivors=tuple(ids), dropped=())
     clients[ids[1]].unmask(fine)
     with pytest.raises(SecAggProtocolError, match="stage"):
         clients[ids[1]].unmask(fine)
@@ -223,16 +246,17 @@ def test_client_refuses_unmask_with_too_few_survivors_or_twice() -> None:
 
 def test_unmask_reveals_seed_or_key_never_both() -> None:
     vectors = _vectors(6, 8)
-    params = resolve_params(6, 8)
+    params = resolve_params(6, 8, num_neighbours=5)
     ids = sorted(vectors)
     _, clients, _ = _run_to_masked(vectors, params)
-    reply = clients[ids[0]].unmask(UnmaskRequestMsg(tuple(ids[:4]), tuple(ids[4:])))
+    reply = clients[ids[0]].unmask(UnmaskRequestMsg(1, tuple(ids[:4]), tuple(ids[4:])))
     assert set(reply.seed_owners) == set(ids[:4]) and set(reply.key_owners) == set(ids[4:])
-    overlapping = UnmaskRequestMsg(tuple(ids[:4]), tuple(ids[3:]))
+    overlapping = UnmaskRequestMsg(1, tuple(ids[:4]), tuple(ids[3:]))
     with pytest.raises(SecAggProtocolError, match="both"):
         encode(overlapping)
     payload = {
         "secagg.stage": "unmask_request",
+        "round_id": 1,
         "survivors": b"".join(i.to_bytes(8, "big") for i in ids[:4]),
         "dropped": b"".join(i.to_bytes(8, "big") for i in ids[3:]),
     }
@@ -260,7 +284,7 @@ def _flip(blob: bytes, pos: int = 20) -> bytes:
 
 def test_tampered_ciphertext_fails_and_sender_is_treated_as_dropped() -> None:
     vectors = _vectors(6, 32)
-    params = resolve_params(6, 32)
+    params = resolve_params(6, 32, num_neighbours=5)  # complete: every pair swaps bundles
     ids = sorted(vectors)
     victim_rcpt, bad_sender = ids[0], ids[3]
 
@@ -322,9 +346,11 @@ def test_ciphertext_moved_to_another_recipient_fails() -> None:
     fwd = server.collect_shares(shares)
     a, b, c = sorted(vectors)[:3]
     to_c = shares[a].ciphertexts[shares[a].recipients.index(c)]
-    moved = type(fwd[b])(
-        fwd[b].senders,
-        [to_c if s == a else ct for s, ct in zip(fwd[b].senders, fwd[b].ciphertexts, strict=True)],
+    moved = dataclasses.replace(
+        fwd[b],
+        ciphertexts=[
+            to_c if s == a else ct for s, ct in zip(fwd[b].senders, fwd[b].ciphertexts, strict=True)
+        ],
     )
     assert clients[b].masked_input(moved, vectors[b]).rejected == (a,)
 
@@ -352,7 +378,7 @@ def test_server_drops_node_whose_signature_does_not_match_known_key() -> None:
     params = resolve_params(5, 16)
     server_view = {i: k.public_key() for i, k in idk.items()}
     server_view[ids[2]] = Ed25519PrivateKey.generate().public_key()  # impostor
-    server = SecAggServer(ids, params, run_id="s", round_id=1, identity_keys=server_view)
+    server = SecAggServer(ids, params, run_id="s", round_id=1, trusted_keys=server_view)
     result = run_local_round(
         vectors, params, identity_keys=idk, trusted_keys=server_view, server=server
     )
@@ -366,14 +392,19 @@ def test_client_aborts_on_forged_neighbour_signature() -> None:
     idk = _identities(ids)
     public = {i: k.public_key() for i, k in idk.items()}
     params = resolve_params(4, 4)
-    server = SecAggServer(ids, params, run_id="s", round_id=1, identity_keys=public)
+    server = SecAggServer(ids, params, run_id="s", round_id=1, trusted_keys=public)
     clients = {i: SecAggClient(i, identity_key=idk[i], trusted_keys=public) for i in ids}
     setup = server.setup()
     keys = server.collect_keys({i: c.setup(setup) for i, c in clients.items()})
     msg = keys[ids[0]]
-    forged = type(msg)(msg.node_ids, msg.c_pks, msg.s_pks, [bytes(64)] + msg.signatures[1:])
+    forged = dataclasses.replace(msg, signatures=[bytes(64)] + msg.signatures[1:])
     with pytest.raises(SecAggAbort, match="signature"):
         clients[ids[0]].share_keys(forged)
+    stripped = dataclasses.replace(msg, signatures=[b""] + msg.signatures[1:])
+    with pytest.raises(SecAggAbort, match="missing"):
+        SecAggClient.from_state(
+            clients[ids[1]].to_state(), identity_key=idk[ids[1]], trusted_keys=public
+        ).share_keys(dataclasses.replace(keys[ids[1]], signatures=stripped.signatures))
 
 
 # ---------------------------------------------------------------- state and ordering
@@ -397,12 +428,12 @@ def test_stages_out_of_order_are_protocol_errors() -> None:
         server.collect_keys({})
     client = SecAggClient(sorted(vectors)[0])
     with pytest.raises(SecAggProtocolError, match="stage"):
-        client.unmask(UnmaskRequestMsg((), ()))
+        client.unmask(UnmaskRequestMsg(1, (), ()))
 
 
 def test_malformed_reply_drops_only_its_sender() -> None:
     vectors = _vectors(6, 8)
-    params = resolve_params(6, 8)
+    params = resolve_params(6, 8, num_neighbours=5)
     ids = sorted(vectors)
     server = SecAggServer(ids, params, run_id="m", round_id=1)
     clients = {i: SecAggClient(i) for i in ids}
@@ -415,31 +446,34 @@ def test_malformed_reply_drops_only_its_sender() -> None:
     assert "c_pk" in server.dropped[ids[0]] and "claims" in server.dropped[ids[1]]
 
 
-def test_disconnected_survivor_graph_aborts_before_any_secret_is_revealed() -> None:
-    """Ring graph (k=2): two opposite dropouts cut it in two; each half's sum would leak."""
-    from privacy.secagg.graph import ring_order
+def _weak_ring(n: int, length: int) -> SecAggParams:
+    """k=4 with sigma=1: so weak that min_survivors lets a chosen cut through (test only)."""
+    params = resolve_params(n, length, num_neighbours=4, corrupt_fraction=0.0, sigma=1)
+    assert params.min_survivors <= n - 4
+    return params
 
-    vectors = _vectors(10, 8)
-    params = resolve_params(10, 8, num_neighbours=2)
+
+def test_disconnected_survivor_graph_aborts_before_any_secret_is_revealed() -> None:
+    """Two runs of k/2 = 2 dropped ring neighbours cut the graph; each half's sum would leak."""
+    vectors = _vectors(40, 8)
+    params = _weak_ring(40, 8)
     server = SecAggServer(sorted(vectors), params, run_id="ring", round_id=1)
     ring = ring_order(server.node_ids, server.setup_msg.graph_seed)
-    cut = [ring[0], ring[5]]  # every survivor still has 2 of its 3 holders
+    cut = [ring[0], ring[1], ring[20], ring[21]]  # every survivor keeps 3 of its 5 holders
     with pytest.raises(SecAggAbort, match="disconnected"):
         run_local_round(vectors, params, drop_after={"share_keys": cut}, server=server)
     assert server.survivors == ()  # no unmask request was ever produced
 
 
 def test_client_refuses_unmask_for_disconnected_survivors() -> None:
-    from privacy.secagg.graph import ring_order
-
-    vectors = _vectors(10, 4)
-    params = resolve_params(10, 4, num_neighbours=2)
+    vectors = _vectors(40, 4)
+    params = _weak_ring(40, 4)
     server, clients, _ = _run_to_masked(vectors, params)
     ring = ring_order(server.node_ids, server.setup_msg.graph_seed)
-    survivors = tuple(sorted(ring[1:5] + ring[6:]))
-    request = UnmaskRequestMsg(survivors, (ring[0], ring[5]))
+    survivors = tuple(sorted(ring[2:20] + ring[22:]))
+    request = UnmaskRequestMsg(1, survivors, (ring[0], ring[1], ring[20], ring[21]))
     with pytest.raises(SecAggAbort, match="not connected"):
-        clients[ring[1]].unmask(request)
+        clients[ring[2]].unmask(request)
 
 
 def test_bad_vectors_are_refused_with_a_clear_error() -> None:
@@ -475,11 +509,11 @@ def test_client_refuses_unmask_that_counts_a_node_it_rejected_as_survivor() -> N
         _flip(c) if s == bad else c
         for s, c in zip(fwd[me].senders, fwd[me].ciphertexts, strict=True)
     ]
-    reply = clients[me].masked_input(type(fwd[me])(fwd[me].senders, cts), vectors[me])
+    reply = clients[me].masked_input(dataclasses.replace(fwd[me], ciphertexts=cts), vectors[me])
     assert reply.rejected == (bad,)
     restored = SecAggClient.from_state(clients[me].to_state())
     with pytest.raises(SecAggAbort, match="rejected"):
-        restored.unmask(UnmaskRequestMsg(tuple(ids), ()))
+        restored.unmask(UnmaskRequestMsg(1, tuple(ids), ()))
 
 
 @pytest.mark.slow
@@ -515,3 +549,169 @@ def test_server_summary_is_json_ready_and_secret_free() -> None:
     assert summary["stage"] == "done" and summary["sampled"] == 6
     assert len(summary["contributors"]) == 5 and str(dropped) in summary["dropped"]
     assert summary["context"] == server.context.hex()
+
+
+# ---------------------------------------------------------------- minimum survivors (issue 12.8)
+
+
+@pytest.mark.parametrize("stage", ["advertise", "share_keys", "masked_input"])
+def test_three_nodes_never_unmask_the_sum_of_two(stage: str) -> None:
+    """With 3 nodes one dropout would leave a pair, each of whom learns the other's input."""
+    vectors = _vectors(3, 8)
+    params = resolve_params(3, 8)
+    assert params.min_survivors == 3
+    with pytest.raises(SecAggAbort, match="below the minimum"):
+        run_local_round(vectors, params, drop_after={stage: [sorted(vectors)[0]]})
+
+
+def test_callers_min_nodes_is_enforced_by_server_and_clients() -> None:
+    vectors = _vectors(10, 8)
+    params = resolve_params(10, 8, min_nodes=9)
+    assert params.min_survivors == 9 and resolve_params(10, 8).min_survivors < 9
+    assert resolve_params(10, 8, min_nodes=2).min_survivors > 10 / 2  # never below a majority
+    ids = sorted(vectors)
+    with pytest.raises(SecAggAbort, match="below the minimum of 9"):
+        run_local_round(vectors, params, drop_after={"masked_input": ids[:2]})
+    _, clients, _ = _run_to_masked(vectors, params)
+    with pytest.raises(SecAggAbort, match="fewer than 9"):  # a server that skips the check
+        clients[ids[5]].unmask(UnmaskRequestMsg(1, tuple(ids[2:]), tuple(ids[:2])))
+
+
+def test_min_nodes_above_the_cohort_is_a_config_error() -> None:
+    from privacy.secagg import SecAggConfigError
+
+    with pytest.raises(SecAggConfigError, match="min_nodes=11") as info:
+        resolve_params(10, 8, min_nodes=11)
+    assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- own shares (issue 12.10)
+
+
+def test_client_listed_as_dropped_refuses_to_reveal_shares_of_its_own_key() -> None:
+    vectors = _vectors(6, 8)
+    params = resolve_params(6, 8, num_neighbours=5)
+    ids = sorted(vectors)
+    _, clients, _ = _run_to_masked(vectors, params)
+    me = ids[0]
+    as_dropped = UnmaskRequestMsg(1, tuple(ids[1:]), (me,))
+    with pytest.raises(SecAggAbort, match=f"does not list node {me} as a survivor"):
+        clients[me].unmask(as_dropped)
+    absent = UnmaskRequestMsg(1, tuple(ids[1:]), ())
+    with pytest.raises(SecAggAbort, match="survivor"):
+        SecAggClient.from_state(clients[me].to_state()).unmask(absent)
+    assert clients[me].stage == "masked"  # nothing was revealed, the state did not advance
+
+
+# ---------------------------------------------------------------- signed keys (issue 12.10)
+
+
+def test_server_drops_nodes_missing_from_the_trust_anchor_or_unsigned() -> None:
+    vectors = _vectors(8, 16)
+    ids = sorted(vectors)
+    idk = _identities(ids)
+    params = resolve_params(8, 16, num_neighbours=7)
+    anchor = {i: k.public_key() for i, k in idk.items() if i != ids[0]}  # ids[0] unknown
+    server = SecAggServer(ids, params, run_id="anchor", round_id=1, trusted_keys=anchor)
+    clients = {i: SecAggClient(i, identity_key=idk[i], trusted_keys=anchor) for i in ids}
+    setup = server.setup()
+    adverts = {i: c.setup(setup) for i, c in clients.items()}
+    adverts[ids[1]] = dataclasses.replace(adverts[ids[1]], signature=b"")
+    keys = server.collect_keys(adverts)
+    assert "no trusted identity key" in server.dropped[ids[0]]
+    assert "signature missing" in server.dropped[ids[1]]
+    assert set(keys) == set(ids[2:])
+
+
+def test_identity_keys_as_raw_bytes_and_signatures_bound_to_the_round() -> None:
+    vectors = _vectors(5, 16)
+    ids = sorted(vectors)
+    idk = _identities(ids)
+    raw_public = {i: k.public_key().public_bytes_raw() for i, k in idk.items()}
+    params = resolve_params(5, 16, num_neighbours=4)
+    captured: dict[int, Any] = {}
+    for round_id in (1, 2):
+        server = SecAggServer(ids, params, run_id="raw", round_id=round_id, trusted_keys=raw_public)
+        clients = {
+            i: SecAggClient(i, identity_key=k.private_bytes_raw(), trusted_keys=raw_public)
+            for i, k in idk.items()
+        }
+        setup = server.setup()
+        adverts = {i: c.setup(setup) for i, c in clients.items()}
+        if round_id == 1:
+            captured = adverts
+        else:  # replay round 1's signed advertisement of ids[0] in round 2
+            adverts[ids[0]] = captured[ids[0]]
+        server.collect_keys(adverts)
+    assert list(server.dropped) == [ids[0]]
+    assert "does not verify" in server.dropped[ids[0]]
+
+
+# ---------------------------------------------------------------- pipelined rounds
+
+
+def test_two_overlapping_rounds_share_a_node_and_both_sums_are_right() -> None:
+    """Round r+1's setup travels with round r's unmask request: nodes hold two states at once.
+
+    Each node keeps its states by round id in one flat store (as a Flower Context would), and
+    every message is routed to the state of the round it names.
+    """
+    everyone = _vectors(10, 32)
+    ids = sorted(everyone)
+    cohorts = {1: ids[:8], 2: ids[2:]}
+    servers = {
+        r: SecAggServer(c, resolve_params(len(c), 32), run_id="pipe", round_id=r)
+        for r, c in cohorts.items()
+    }
+    store: dict[int, dict[str, dict[str, Any]]] = {i: {} for i in ids}  # node -> round -> state
+
+    def deliver(nid: int, payload: dict[str, Any], call: str, *extra: Any) -> dict[str, Any]:
+        msg = decode(payload)
+        slot = f"secagg/{msg.round_id}"
+        client = (
+            SecAggClient(nid) if call == "setup" else SecAggClient.from_state(store[nid][slot])
+        )
+        reply = getattr(client, call)(msg, *extra)
+        state = client.to_state()
+        assert all(type(v) in (bytes, int, str) for v in state.values())
+        if call == "unmask":
+            del store[nid][slot]
+        else:
+            store[nid][slot] = state
+        return encode(reply)
+
+    def stage(outbound: dict[int, Any], call: str, vec: bool = False) -> dict[int, Any]:
+        return {
+            n: deliver(n, encode(m), call, *([everyone[n]] if vec else []))
+            for n, m in outbound.items()
+        }
+
+    s1, s2 = servers[1], servers[2]
+    keys1 = s1.collect_keys(stage(dict.fromkeys(cohorts[1], s1.setup()), "setup"))
+    fwd1 = s1.collect_shares(stage(keys1, "share_keys"))
+    req1 = s1.collect_masked(stage(fwd1, "masked_input", vec=True))
+    # One exchange carries round 1's unmask request and round 2's setup.
+    setup2 = s2.setup()
+    unmask1: dict[int, Any] = {}
+    advert2: dict[int, Any] = {}
+    for nid in ids:
+        if nid in req1:
+            unmask1[nid] = deliver(nid, encode(req1[nid]), "unmask")
+        if nid in cohorts[2]:
+            advert2[nid] = deliver(nid, encode(setup2), "setup")
+        if nid in req1 and nid in cohorts[2]:
+            assert "secagg/2" in store[nid] and "secagg/1" not in store[nid]
+    keys2 = s2.collect_keys(advert2)
+    result1 = s1.collect_unmask(unmask1)
+    # A round-1 message reaching round 2's state is refused, not misapplied.
+    stray = dataclasses.replace(keys2[ids[3]], round_id=1)
+    with pytest.raises(SecAggProtocolError, match="round 1 reached"):
+        SecAggClient.from_state(store[ids[3]]["secagg/2"]).share_keys(stray)
+    fwd2 = s2.collect_shares(stage(keys2, "share_keys"))
+    req2 = s2.collect_masked(stage(fwd2, "masked_input", vec=True))
+    result2 = s2.collect_unmask(stage(req2, "unmask"))
+    for result, cohort in ((result1, cohorts[1]), (result2, cohorts[2])):
+        params = resolve_params(len(cohort), 32)
+        assert result.contributors == tuple(cohort)
+        _check(result, everyone, params)
+    assert all(not states for states in store.values())

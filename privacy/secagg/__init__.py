@@ -8,9 +8,12 @@ Flow per round (server `S`, each client `C`, payloads via `encode`/`decode`):
     req   = S.collect_masked(masked-input replies)      -> C.unmask(req[n])
     result = S.collect_unmask(unmask replies)           # SecAggResult: sum only
 
-See docs/secure-aggregation.md for the threat model and parameter ranges.
+Parameters come from `resolve_params(n, length, min_nodes=...)`, which derives the neighbour
+count and threshold from a `ThreatModel` (Bell et al. 2020's conditions, see `bounds`). See
+docs/secure-aggregation.md for the threat model and parameter ranges.
 """
 
+from privacy.secagg.bounds import FailureBounds, ThreatModel, derive_graph, failure_bounds
 from privacy.secagg.client import SecAggClient
 from privacy.secagg.errors import (
     SecAggAbort,
@@ -41,6 +44,7 @@ from privacy.secagg.weighting import pack_weighted, unpack_weighted
 __all__ = [
     "STAGE_KEY",
     "AdvertiseKeysMsg",
+    "FailureBounds",
     "ForwardedSharesMsg",
     "KeysMsg",
     "MaskedInputMsg",
@@ -55,10 +59,13 @@ __all__ = [
     "SecAggServer",
     "SetupMsg",
     "ShareKeysMsg",
+    "ThreatModel",
     "UnmaskRequestMsg",
     "UnmaskSharesMsg",
     "decode",
+    "derive_graph",
     "encode",
+    "failure_bounds",
     "pack_weighted",
     "quantization_step",
     "resolve_params",

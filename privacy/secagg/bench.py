@@ -2,6 +2,8 @@
 
 Reports client work per stage (summed over nodes and per node; in deployment nodes run in
 parallel) and server work per stage, next to a plain weighted FedAvg of the same vectors.
+`--table 10,30,100` prints instead the (k, t) derived for each cohort size under the threat
+model (`--corrupt-fraction`, `--dropout-rate`, `--sigma`, `--eta`) and their failure bounds.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from privacy.secagg.bounds import ThreatModel, derive_graph, failure_bounds, min_survivors_floor
 from privacy.secagg.client import SecAggClient
-from privacy.secagg.errors import SecAggError
+from privacy.secagg.errors import SecAggConfigError, SecAggError
 from privacy.secagg.messages import decode, encode
 from privacy.secagg.params import resolve_params
 from privacy.secagg.server import SecAggServer
@@ -26,6 +29,20 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
+
+
+def print_table(sizes: list[int], model: ThreatModel) -> None:
+    """Derived (k, t), the survivors floor and the three failure bounds per cohort size."""
+    print(f"corrupt_fraction={model.corrupt_fraction:.3g} dropout_rate={model.dropout_rate:.3g} "
+          f"sigma={model.sigma} eta={model.eta}")
+    print(f"{'n':>6} {'k':>5} {'t':>5} {'min surv':>8} {'P(exposure)':>12} "
+          f"{'P(disconnect)':>13} {'P(abort)':>9}")
+    for n in sizes:
+        k, t = derive_graph(n, model)
+        b = failure_bounds(n, k, t, model)
+        floor = min_survivors_floor(n, k, t, model)
+        print(f"{n:>6} {k:>5} {t:>5} {floor:>8} {b.exposure:>12.2e} {b.disconnection:>13.2e} "
+              f"{b.shortfall:>9.2e}")
 
 
 def run(nodes: int, length: int, neighbours: int | None, roundtrip: bool) -> dict[str, float]:
@@ -88,8 +105,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", type=int, default=20_000)
     ap.add_argument("--neighbours", type=int, default=None)
     ap.add_argument("--roundtrip", action="store_true", help="encode/decode + state per call")
+    ap.add_argument("--table", help="comma-separated cohort sizes: print derived (k, t) only")
+    ap.add_argument("--corrupt-fraction", type=float, default=ThreatModel.corrupt_fraction)
+    ap.add_argument("--dropout-rate", type=float, default=ThreatModel.dropout_rate)
+    ap.add_argument("--sigma", type=int, default=ThreatModel.sigma)
+    ap.add_argument("--eta", type=int, default=ThreatModel.eta)
     args = ap.parse_args(argv)
     try:
+        if args.table:
+            model = ThreatModel(args.corrupt_fraction, args.dropout_rate, args.sigma, args.eta)
+            sizes = [int(x) for x in args.table.split(",") if x.strip().isdigit()]
+            if len(sizes) != len(args.table.split(",")):
+                raise SecAggConfigError(f"--table {args.table!r}: give node counts like 10,100")
+            print_table(sizes, model.validate())
+            return 0
         t = run(args.nodes, args.params, args.neighbours, args.roundtrip)
     except SecAggError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)

@@ -3,6 +3,9 @@
 Deployment runs every Flower message in a fresh process, so the whole state round-trips
 through `to_state()` / `from_state()` as a flat dict of bytes/int/str (fits a ConfigRecord).
 Identity keys are deliberately not part of that state: they come from the node's config.
+Nothing is global: a node may hold the states of two overlapping rounds (round r unmasking
+while round r+1 sets up); every server message names its round and is refused by the state
+of another round.
 """
 
 from __future__ import annotations
@@ -22,13 +25,7 @@ from privacy.secagg.errors import (
     SecAggInputError,
     SecAggProtocolError,
 )
-from privacy.secagg.graph import (
-    is_connected,
-    neighbour_map,
-    pack_ids,
-    share_group,
-    unpack_ids,
-)
+from privacy.secagg.graph import NeighbourGraph, pack_ids, share_group, unpack_ids
 from privacy.secagg.messages import (
     SHARE_PLAINTEXT_BYTES,
     AdvertiseKeysMsg,
@@ -43,12 +40,14 @@ from privacy.secagg.messages import (
 from privacy.secagg.params import SecAggParams, context_digest
 from privacy.secagg.quantize import quantize
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 _STAGES = ("new", "advertised", "shared", "masked", "done")
 _K = crypto.KEY_BYTES
 _S = crypto.SEED_BYTES
+_SH = crypto.SHARE_BYTES
 
 TrustedKeys = Mapping[int, Ed25519PublicKey | bytes]
+IdentityKey = Ed25519PrivateKey | bytes
 
 
 def mod_mask(mod_bits: int) -> np.uint64:
@@ -65,39 +64,64 @@ def _as_public(key: Ed25519PublicKey | bytes) -> Ed25519PublicKey:
     return key if isinstance(key, Ed25519PublicKey) else Ed25519PublicKey.from_public_bytes(key)
 
 
+def as_trusted_keys(keys: TrustedKeys | None) -> dict[int, Ed25519PublicKey] | None:
+    """Normalise a caller's node id -> Ed25519 public key map (objects or raw 32 bytes)."""
+    if keys is None:
+        return None
+    try:
+        return {int(k): _as_public(v) for k, v in keys.items()}
+    except (TypeError, ValueError) as exc:
+        raise SecAggConfigError(
+            f"trusted_keys must map node ids to Ed25519 public keys (32 raw bytes): {exc}"
+        ) from None
+
+
+def _as_private(key: IdentityKey | None) -> Ed25519PrivateKey | None:
+    if key is None or isinstance(key, Ed25519PrivateKey):
+        return key
+    try:
+        return Ed25519PrivateKey.from_private_bytes(key)
+    except (TypeError, ValueError):
+        raise SecAggConfigError(
+            "identity_key must be an Ed25519 private key (object or 32 raw bytes)"
+        ) from None
+
+
 class SecAggClient:
     """One node's view of one SecAgg+ round.
 
-    identity_key signs the advertised keys; trusted_keys (node id -> Ed25519 public key)
-    makes this node verify its neighbours' signatures and refuse the round on a mismatch.
+    identity_key (Ed25519, the node's long-term key) signs the advertised round keys, bound
+    to the round context. trusted_keys (node id -> Ed25519 public key, the trust anchor the
+    caller supplies) makes this node check its neighbours' signatures: a neighbour whose
+    signature is missing or wrong means the server substituted keys, and this node refuses
+    the round.
     """
 
     def __init__(
         self,
         node_id: int,
         *,
-        identity_key: Ed25519PrivateKey | None = None,
+        identity_key: IdentityKey | None = None,
         trusted_keys: TrustedKeys | None = None,
     ) -> None:
         if not 0 <= int(node_id) < 2**64:
             raise SecAggConfigError(f"node_id={node_id}: must be a 64-bit Flower node id")
         self.node_id = int(node_id)
-        self.identity_key = identity_key
-        self.trusted_keys: dict[int, Ed25519PublicKey] | None = None
-        if trusted_keys is not None:
-            self.trusted_keys = {int(k): _as_public(v) for k, v in trusted_keys.items()}
+        self.identity_key = _as_private(identity_key)
+        self.trusted_keys = as_trusted_keys(trusted_keys)
         self.stage = "new"
         self.setup_msg: SetupMsg | None = None
         self.c_sk = b""
         self.s_sk = b""
         self.seed = b""
         self.nbr_keys: dict[int, tuple[bytes, bytes]] = {}  # id -> (c_pk, s_pk)
+        self.enc_keys: dict[int, bytes] = {}  # id -> AES-GCM key shared with it (share-enc)
         self.own_seed_share = b""
         self.own_key_share = b""
         self.held: dict[int, tuple[bytes, bytes]] = {}  # owner -> (seed share, key share)
         self.rejected: tuple[int, ...] = ()  # senders whose bundles failed authentication
         self.clipped = 0
-        self._derived: tuple[SecAggParams, bytes, frozenset[int]] | None = None
+        self._derived: tuple[SecAggParams, bytes, NeighbourGraph] | None = None
 
     # ------------------------------------------------------------------ helpers
     def _expect(self, stage: str) -> None:
@@ -107,8 +131,8 @@ class SecAggClient:
                 "messages arrived out of order"
             )
 
-    def _round(self) -> tuple[SecAggParams, bytes, frozenset[int]]:
-        """(params, context digest, neighbours), derived from the setup message once."""
+    def _round(self) -> tuple[SecAggParams, bytes, NeighbourGraph]:
+        """(params, context digest, graph), derived from the setup message once."""
         if self._derived is None:
             msg = self.setup_msg
             assert msg is not None
@@ -116,8 +140,8 @@ class SecAggClient:
             ctx = context_digest(
                 msg.run_id, msg.round_id, pack_ids(msg.node_ids), msg.graph_seed, params
             )
-            nbrs = neighbour_map(msg.node_ids, params.num_neighbours, msg.graph_seed)[self.node_id]
-            self._derived = (params, ctx, nbrs)
+            graph = NeighbourGraph(msg.node_ids, params.num_neighbours, msg.graph_seed)
+            self._derived = (params, ctx, graph)
         return self._derived
 
     @property
@@ -126,9 +150,24 @@ class SecAggClient:
         self._expect_setup()
         return self._round()[0]
 
+    @property
+    def round_id(self) -> int:
+        """Round this client belongs to (after setup); key stored states by it."""
+        self._expect_setup()
+        assert self.setup_msg is not None
+        return self.setup_msg.round_id
+
     def _expect_setup(self) -> None:
         if self.setup_msg is None:
             raise SecAggProtocolError(f"client of node {self.node_id} has not seen setup yet")
+
+    def _expect_round(self, round_id: int) -> None:
+        assert self.setup_msg is not None
+        if round_id != self.setup_msg.round_id:
+            raise SecAggProtocolError(
+                f"message for round {round_id} reached node {self.node_id}'s state of round "
+                f"{self.setup_msg.round_id}; route messages by round"
+            )
 
     # ------------------------------------------------------------------ stages
     def setup(self, msg: SetupMsg) -> AdvertiseKeysMsg:
@@ -159,7 +198,9 @@ class SecAggClient:
     def share_keys(self, msg: KeysMsg) -> ShareKeysMsg:
         """Stage 2: Shamir-share b_u and s_sk over the group, one AES-GCM bundle per neighbour."""
         self._expect("advertised")
-        params, ctx, nbrs = self._round()
+        self._expect_round(msg.round_id)
+        params, ctx, graph = self._round()
+        nbrs = graph.neighbours(self.node_id)
         assert self.setup_msg is not None
         must_verify = self.trusted_keys is not None or self.setup_msg.require_signatures
         seen: set[bytes] = set()
@@ -178,8 +219,8 @@ class SecAggClient:
                 )
                 if not ok:
                     raise SecAggAbort(
-                        f"signature of node {nid}'s round keys does not verify against the "
-                        "trusted key map; refusing this round"
+                        f"signature of node {nid}'s round keys is missing or does not verify "
+                        "against the trusted key map; refusing this round"
                     )
             self.nbr_keys[nid] = (c_pk, s_pk)
         if len(self.nbr_keys) + 1 < params.threshold:
@@ -188,10 +229,9 @@ class SecAggClient:
                 "cannot be met"
             )
         group = share_group(self.node_id, nbrs)
-        seed_shares = crypto.split_secret(self.seed, params.threshold, len(group))
-        key_shares = crypto.split_secret(self.s_sk, params.threshold, len(group))
+        shares = crypto.split_secrets([self.seed, self.s_sk], params.threshold, len(group))
         mine = group.index(self.node_id)
-        self.own_seed_share, self.own_key_share = seed_shares[mine], key_shares[mine]
+        self.own_seed_share, self.own_key_share = shares[mine]
         recipients: list[int] = []
         ciphertexts: list[bytes] = []
         c_sk = X25519PrivateKey.from_private_bytes(self.c_sk)
@@ -200,38 +240,30 @@ class SecAggClient:
                 key = crypto.agree(c_sk, self.nbr_keys[nid][0], b"share-enc", ctx)
             except crypto.CryptoFailure:
                 continue  # unusable key: that neighbour will be rejected in the next stage
-            i = group.index(nid)
-            plaintext = (
-                self.node_id.to_bytes(8, "big")
-                + nid.to_bytes(8, "big")
-                + seed_shares[i]
-                + key_shares[i]
-            )
+            self.enc_keys[nid] = key  # the same key opens the bundle nid sends back
+            seed_share, key_share = shares[group.index(nid)]
+            plaintext = self.node_id.to_bytes(8, "big") + nid.to_bytes(8, "big") + seed_share
             aad = crypto.associated_data(ctx, self.node_id, nid)
             recipients.append(nid)
-            ciphertexts.append(crypto.seal(key, plaintext, aad))
+            ciphertexts.append(crypto.seal(key, plaintext + key_share, aad))
         self.stage = "shared"
         commit = crypto.commit_seed(ctx, self.node_id, self.seed)
         return ShareKeysMsg(self.node_id, tuple(recipients), ciphertexts, commit)
 
     def _open_bundle(
-        self,
-        sender: int,
-        blob: bytes,
-        ctx: bytes,
-        sks: tuple[X25519PrivateKey, X25519PrivateKey],
+        self, sender: int, blob: bytes, ctx: bytes, s_sk: X25519PrivateKey
     ) -> tuple[bytes, bytes, bytes]:
         """Decrypt a bundle -> (seed share, key share, pair mask key); CryptoFailure if bad."""
-        c_pk, s_pk = self.nbr_keys[sender]
-        c_sk, s_sk = sks
-        key = crypto.agree(c_sk, c_pk, b"share-enc", ctx)
+        key = self.enc_keys.get(sender)
+        if key is None:
+            raise crypto.CryptoFailure("no shared key with this sender")
         pt = crypto.open_sealed(key, blob, crypto.associated_data(ctx, sender, self.node_id))
         if len(pt) != SHARE_PLAINTEXT_BYTES or pt[:16] != (
             sender.to_bytes(8, "big") + self.node_id.to_bytes(8, "big")
         ):
             raise crypto.CryptoFailure("bundle addressed to another pair")
-        mask_key = crypto.agree(s_sk, s_pk, b"pair-mask", ctx)
-        return pt[16 : 16 + _S], pt[16 + _S :], mask_key
+        mask_key = crypto.agree(s_sk, self.nbr_keys[sender][1], b"pair-mask", ctx)
+        return pt[16 : 16 + _SH], pt[16 + _SH :], mask_key
 
     def masked_input(self, msg: ForwardedSharesMsg, vector: np.ndarray) -> MaskedInputMsg:
         """Stage 3: quantise, add self mask and pairwise masks for every accepted sender.
@@ -240,6 +272,7 @@ class SecAggClient:
         pairwise mask with it, and it is reported so the server excludes it consistently.
         """
         self._expect("shared")
+        self._expect_round(msg.round_id)
         params, ctx, _ = self._round()
         q, self.clipped = quantize(
             self._check_vector(vector, params),
@@ -249,19 +282,17 @@ class SecAggClient:
         )
         rejected: list[int] = []
         mask_keys: dict[int, bytes] = {}
-        sks = (
-            X25519PrivateKey.from_private_bytes(self.c_sk),
-            X25519PrivateKey.from_private_bytes(self.s_sk),
-        )
+        s_sk = X25519PrivateKey.from_private_bytes(self.s_sk)
         for sender, blob in zip(msg.senders, msg.ciphertexts, strict=True):
             if sender not in self.nbr_keys:
                 raise SecAggProtocolError(f"server forwarded a bundle from non-neighbour {sender}")
             try:
-                seed_share, key_share, mask_keys[sender] = self._open_bundle(sender, blob, ctx, sks)
+                seed_share, key_share, mask_key = self._open_bundle(sender, blob, ctx, s_sk)
             except crypto.CryptoFailure:
                 rejected.append(sender)
                 continue
             self.held[sender] = (seed_share, key_share)
+            mask_keys[sender] = mask_key
         n = params.vector_length
         acc = q + crypto.prg_uint64(crypto.derive_seed_key(self.seed, ctx), n)
         for other in sorted(mask_keys):
@@ -286,9 +317,20 @@ class SecAggClient:
         return arr.ravel()
 
     def unmask(self, msg: UnmaskRequestMsg) -> UnmaskSharesMsg:
-        """Stage 4: reveal seed shares of survivors and key shares of dropped nodes, once."""
+        """Stage 4: reveal seed shares of survivors and key shares of dropped nodes, once.
+
+        Refused when this node is not listed as a survivor: a node the server calls dropped
+        has nothing to contribute, and answering would hand over a share of its own mask key
+        (one step towards both of its secrets if the server lies to other nodes).
+        """
         self._expect("masked")
-        params, _, _ = self._round()
+        self._expect_round(msg.round_id)
+        params, _, graph = self._round()
+        if self.node_id not in msg.survivors:
+            raise SecAggAbort(
+                f"unmask request does not list node {self.node_id} as a survivor; refusing to "
+                "reveal shares of its own secrets"
+            )
         need = max(params.threshold, params.min_survivors)
         if len(msg.survivors) < need:
             raise SecAggAbort(
@@ -297,13 +339,7 @@ class SecAggClient:
             )
         if set(msg.survivors) & set(msg.dropped):  # also checked by decode; never trust it
             raise SecAggProtocolError("unmask request names a node as both survivor and dropped")
-        assert self.setup_msg is not None
-        everyone = neighbour_map(
-            self.setup_msg.node_ids, params.num_neighbours, self.setup_msg.graph_seed
-        )
-        if not set(msg.survivors) <= everyone.keys() or not is_connected(
-            set(msg.survivors), everyone
-        ):
+        if not graph.connected(msg.survivors):
             raise SecAggAbort(
                 "survivors named by the server are unknown or not connected in the neighbour "
                 "graph (unmasking would expose partial sums); refusing to unmask"
@@ -335,25 +371,9 @@ class SecAggClient:
             "stage": self.stage,
             "clipped": self.clipped,
         }
-        m = self.setup_msg
-        if m is not None:
-            state |= {
-                "setup.run_id": m.run_id,
-                "setup.round_id": m.round_id,
-                "setup.node_ids": pack_ids(m.node_ids),
-                "setup.graph_seed": m.graph_seed,
-                "setup.num_neighbours": m.num_neighbours,
-                "setup.threshold": m.threshold,
-                "setup.min_survivors": m.min_survivors,
-                "setup.clip_range": m.clip_range.hex(),
-                "setup.quant_bits": m.quant_bits,
-                "setup.mod_bits": m.mod_bits,
-                "setup.vector_length": m.vector_length,
-                "setup.stochastic_rounding": int(m.stochastic_rounding),
-                "setup.require_signatures": int(m.require_signatures),
-            }
-        nbr = sorted(self.nbr_keys)
-        held = sorted(self.held)
+        if self.setup_msg is not None:
+            state |= {f"setup.{k}": v for k, v in self.setup_msg.to_flat().items()}
+        nbr, enc, held = sorted(self.nbr_keys), sorted(self.enc_keys), sorted(self.held)
         state |= {
             "c_sk": self.c_sk,
             "s_sk": self.s_sk,
@@ -363,6 +383,8 @@ class SecAggClient:
             "nbr.ids": pack_ids(nbr),
             "nbr.c_pks": b"".join(self.nbr_keys[u][0] for u in nbr),
             "nbr.s_pks": b"".join(self.nbr_keys[u][1] for u in nbr),
+            "enc.ids": pack_ids(enc),
+            "enc.keys": b"".join(self.enc_keys[u] for u in enc),
             "held.ids": pack_ids(held),
             "held.seed_shares": b"".join(self.held[u][0] for u in held),
             "held.key_shares": b"".join(self.held[u][1] for u in held),
@@ -375,7 +397,7 @@ class SecAggClient:
         cls,
         state: Mapping[str, Any],
         *,
-        identity_key: Ed25519PrivateKey | None = None,
+        identity_key: IdentityKey | None = None,
         trusted_keys: TrustedKeys | None = None,
     ) -> SecAggClient:
         """Rebuild a client from `to_state()`; corrupt state -> SecAggProtocolError."""
@@ -393,7 +415,7 @@ class SecAggClient:
     def _from_state(
         cls,
         state: Mapping[str, Any],
-        identity_key: Ed25519PrivateKey | None,
+        identity_key: IdentityKey | None,
         trusted_keys: TrustedKeys | None,
     ) -> SecAggClient:
         if state["version"] != STATE_VERSION:
@@ -406,23 +428,9 @@ class SecAggClient:
             raise SecAggProtocolError(f"stored stage {stage!r} is unknown; restart the round")
         client.stage = stage
         client.clipped = int(state["clipped"])
-        if "setup.run_id" in state:
-            client.setup_msg = SetupMsg(
-                run_id=str(state["setup.run_id"]),
-                round_id=int(state["setup.round_id"]),
-                node_ids=_ids(state["setup.node_ids"]),
-                graph_seed=_b(state["setup.graph_seed"]),
-                num_neighbours=int(state["setup.num_neighbours"]),
-                threshold=int(state["setup.threshold"]),
-                min_survivors=int(state["setup.min_survivors"]),
-                clip_range=float.fromhex(str(state["setup.clip_range"])),
-                quant_bits=int(state["setup.quant_bits"]),
-                mod_bits=int(state["setup.mod_bits"]),
-                vector_length=int(state["setup.vector_length"]),
-                stochastic_rounding=bool(state["setup.stochastic_rounding"]),
-                require_signatures=bool(state["setup.require_signatures"]),
-            )
-            client.setup_msg.params()
+        flat = {k[6:]: v for k, v in state.items() if k.startswith("setup.")}
+        if flat:
+            client.setup_msg = SetupMsg.from_flat(flat)
         elif stage != "new":
             raise SecAggProtocolError("stored state lacks setup parameters; restart the round")
         client.c_sk, client.s_sk = _b(state["c_sk"]), _b(state["s_sk"])
@@ -433,9 +441,12 @@ class SecAggClient:
         c_pks = _chunks(_b(state["nbr.c_pks"]), _K, len(nbr))
         s_pks = _chunks(_b(state["nbr.s_pks"]), _K, len(nbr))
         client.nbr_keys = {u: (c, s) for u, c, s in zip(nbr, c_pks, s_pks, strict=True)}
+        enc = _ids(state["enc.ids"])
+        enc_keys = _chunks(_b(state["enc.keys"]), _K, len(enc))
+        client.enc_keys = dict(zip(enc, enc_keys, strict=True))
         held = _ids(state["held.ids"])
-        seeds = _chunks(_b(state["held.seed_shares"]), _S, len(held))
-        keys = _chunks(_b(state["held.key_shares"]), _K, len(held))
+        seeds = _chunks(_b(state["held.seed_shares"]), _SH, len(held))
+        keys = _chunks(_b(state["held.key_shares"]), _SH, len(held))
         client.held = {u: (s, k) for u, s, k in zip(held, seeds, keys, strict=True)}
         client.rejected = _ids(state["rejected"])
         return client

@@ -1,8 +1,8 @@
-"""Cryptographic building blocks, all from `cryptography` (and pycryptodome's Shamir).
+"""Cryptographic building blocks from `cryptography`, plus Shamir sharing from `shamir`.
 
-Nothing here implements field arithmetic, a cipher or an RNG by hand: keys come from
-X25519/Ed25519 generation or os.urandom, masks from an AES-256-CTR keystream, encryption is
-AES-GCM, and secret sharing is pycryptodome's GF(2^128) Shamir.
+Nothing here implements a cipher, a KDF or an RNG by hand: keys come from X25519/Ed25519
+generation or os.urandom, masks from an AES-256-CTR keystream, encryption is AES-GCM. Secret
+sharing is our prime-field Shamir (information-theoretic, see `privacy.secagg.shamir`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import hashlib
 import os
 
 import numpy as np
-from Crypto.Protocol.SecretSharing import Shamir
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -20,10 +19,12 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from privacy.secagg import shamir
 from privacy.secagg.params import PROTOCOL_LABEL
 
 KEY_BYTES = 32
-SEED_BYTES = 16  # self-mask seed b_u: one GF(2^128) Shamir secret
+SEED_BYTES = 16  # self-mask seed b_u
+SHARE_BYTES = shamir.SHARE_BYTES  # one share of b_u or of s_sk
 NONCE_BYTES = 12
 SIGNATURE_BYTES = 64
 _ZERO_IV = bytes(16)
@@ -77,10 +78,11 @@ def derive_seed_key(seed: bytes, context: bytes) -> bytes:
 
 
 def prg_uint64(key: bytes, length: int) -> np.ndarray:
-    """`length` uniform uint64 words from one AES-256-CTR keystream call (vectorised)."""
+    """`length` uniform uint64 words from one AES-256-CTR keystream, written in place."""
+    out = np.empty(length + 2, dtype="<u8")  # update_into wants block_size - 1 spare bytes
     enc = Cipher(algorithms.AES(key), modes.CTR(_ZERO_IV)).encryptor()
-    stream = enc.update(bytes(8 * length)) + enc.finalize()
-    return np.frombuffer(stream, dtype="<u8").astype(np.uint64, copy=False)
+    enc.update_into(bytes(8 * length), memoryview(out).cast("B"))
+    return out[:length].astype(np.uint64, copy=False)
 
 
 def uniform_floats(length: int) -> np.ndarray:
@@ -136,21 +138,16 @@ def commit_seed(context: bytes, node_id: int, seed: bytes) -> bytes:
     ).digest()
 
 
-def split_secret(secret: bytes, threshold: int, count: int) -> list[bytes]:
-    """Shamir-split a 16- or 32-byte secret into `count` shares (index i+1 -> list[i]).
-
-    32-byte secrets are split as two independent 16-byte halves (pycryptodome works in
-    GF(2^128)); each returned share is the concatenation of the halves' shares.
-    """
-    halves = [secret[i : i + 16] for i in range(0, len(secret), 16)]
-    per_half = [Shamir.split(threshold, count, h, ssss=False) for h in halves]
-    return [b"".join(shares[i][1] for shares in per_half) for i in range(count)]
+def split_secrets(secrets: list[bytes], threshold: int, count: int) -> list[list[bytes]]:
+    """Shamir-split each secret into `count` shares; `out[i][j]` is index i+1's share of
+    secret j (one pass over the holders for all secrets)."""
+    return shamir.split(secrets, threshold, count)
 
 
-def combine_secret(shares: list[tuple[int, bytes]]) -> bytes:
-    """Reconstruct a secret from (index, share) pairs made by `split_secret`."""
-    width = len(shares[0][1])
-    out = b""
-    for off in range(0, width, 16):
-        out += Shamir.combine([(i, s[off : off + 16]) for i, s in shares], ssss=False)
-    return out
+def combine_secret(shares: list[tuple[int, bytes]], width: int) -> bytes:
+    """Reconstruct a `width`-byte secret from exactly `threshold` (index, share) pairs;
+    CryptoFailure if the shares cannot come from such a secret."""
+    try:
+        return shamir.combine(shares, width)
+    except shamir.ShamirError as exc:
+        raise CryptoFailure(str(exc)) from exc

@@ -50,7 +50,7 @@ def run_local_round(
         None if identity_keys is None else {i: k.public_key() for i, k in identity_keys.items()}
     )
     if server is None:
-        server = SecAggServer(ids, params, run_id=run_id, round_id=round_id, identity_keys=public)
+        server = SecAggServer(ids, params, run_id=run_id, round_id=round_id, trusted_keys=public)
     trusted = trusted_keys if trusted_keys is not None else public
     states: dict[int, dict[str, Any]] = {i: SecAggClient(i).to_state() for i in ids}
     gone: set[int] = set()

@@ -16,13 +16,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from privacy.secagg.crypto import KEY_BYTES, NONCE_BYTES, SEED_BYTES, SIGNATURE_BYTES
+from privacy.secagg.crypto import KEY_BYTES, NONCE_BYTES, SHARE_BYTES, SIGNATURE_BYTES
 from privacy.secagg.errors import SecAggConfigError, SecAggProtocolError
 from privacy.secagg.graph import MAX_NODE_ID, pack_ids, unpack_ids
 from privacy.secagg.params import SecAggParams
 
 STAGE_KEY = "secagg.stage"
-SHARE_PLAINTEXT_BYTES = 8 + 8 + SEED_BYTES + KEY_BYTES
+SHARE_PLAINTEXT_BYTES = 8 + 8 + 2 * SHARE_BYTES  # sender, recipient, seed share, key share
 CIPHERTEXT_BYTES = NONCE_BYTES + SHARE_PLAINTEXT_BYTES + 16
 MAX_NODES = 1 << 20
 MAX_VECTOR = 1 << 31
@@ -104,6 +104,14 @@ def _u64_array(name: str, v: Any) -> np.ndarray:
 
 
 _NODE = _int(0, MAX_NODE_ID)
+_ROUND = _int(0, 2**63 - 1)
+
+
+def _fraction(name: str, v: Any) -> float:
+    v = _float(name, v)
+    if not 0 <= v < 1:
+        raise _fail(name, "must be in [0, 1)")
+    return v
 
 
 def _enc_value(v: Any) -> Any:
@@ -143,9 +151,13 @@ class SetupMsg(_Message):
     vector_length: int
     stochastic_rounding: bool
     require_signatures: bool
+    corrupt_fraction: float
+    dropout_rate: float
+    sigma: int
+    eta: int
     SCHEMA: ClassVar[dict[str, Validator]] = {
         "run_id": _str,
-        "round_id": _int(0, 2**63 - 1),
+        "round_id": _ROUND,
         "node_ids": _ids,
         "graph_seed": _bytes(32),
         "num_neighbours": _int(1, MAX_NODES),
@@ -157,27 +169,65 @@ class SetupMsg(_Message):
         "vector_length": _int(1, MAX_VECTOR),
         "stochastic_rounding": _bool,
         "require_signatures": _bool,
+        "corrupt_fraction": _fraction,
+        "dropout_rate": _fraction,
+        "sigma": _int(1, 256),
+        "eta": _int(1, 256),
     }
+
+    @classmethod
+    def for_round(
+        cls, run_id: str, round_id: int, node_ids: tuple[int, ...], graph_seed: bytes,
+        params: SecAggParams, require_signatures: bool,
+    ) -> SetupMsg:
+        """The setup message announcing `params` for one round."""
+        shared = {f.name for f in fields(cls)} & {f.name for f in fields(params)}
+        return cls(
+            run_id=run_id,
+            round_id=round_id,
+            node_ids=node_ids,
+            graph_seed=graph_seed,
+            require_signatures=require_signatures,
+            **{name: getattr(params, name) for name in shared},
+        )
 
     def params(self) -> SecAggParams:
         """Validated parameters; unsafe ones are a protocol error (a client refuses them)."""
         try:
+            shared = {f.name for f in fields(SecAggParams)} - {"num_nodes"}
             return SecAggParams(
-                num_nodes=len(self.node_ids),
-                vector_length=self.vector_length,
-                num_neighbours=self.num_neighbours,
-                threshold=self.threshold,
-                min_survivors=self.min_survivors,
-                clip_range=self.clip_range,
-                quant_bits=self.quant_bits,
-                mod_bits=self.mod_bits,
-                stochastic_rounding=self.stochastic_rounding,
+                num_nodes=len(self.node_ids), **{name: getattr(self, name) for name in shared}
             ).validate()
         except SecAggConfigError as exc:
             raise SecAggProtocolError(f"setup parameters refused: {exc}") from None
 
     def check(self) -> None:
         self.params()
+
+    def to_flat(self) -> dict[str, bytes | int | str]:
+        """Fields as bytes/int/str only (client state): floats as hex, bools as ints."""
+        out: dict[str, bytes | int | str] = {}
+        for name, value in _fields_of(self).items():
+            if isinstance(value, bool):
+                out[name] = int(value)
+            elif isinstance(value, float):
+                out[name] = value.hex()
+            else:
+                out[name] = _enc_value(value)
+        return out
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any]) -> SetupMsg:
+        """Inverse of `to_flat`, validated like a received payload."""
+        payload: dict[str, Any] = {STAGE_KEY: cls.STAGE}
+        for f in fields(cls):
+            value = flat.get(f.name)
+            if f.type == "float" and isinstance(value, str):
+                value = float.fromhex(value)
+            elif f.type == "bool" and type(value) is int:
+                value = bool(value)
+            payload[f.name] = value
+        return decode(payload, expect=cls)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -202,11 +252,13 @@ class KeysMsg(_Message):
     """Server -> node: the advertised keys of that node's live neighbours."""
 
     STAGE: ClassVar[str] = "keys"
+    round_id: int
     node_ids: tuple[int, ...]
     c_pks: list[bytes]
     s_pks: list[bytes]
     signatures: list[bytes]
     SCHEMA: ClassVar[dict[str, Validator]] = {
+        "round_id": _ROUND,
         "node_ids": _ids,
         "c_pks": _bytes_list(KEY_BYTES),
         "s_pks": _bytes_list(KEY_BYTES),
@@ -247,9 +299,11 @@ class ForwardedSharesMsg(_Message):
     """Server -> node: the bundles its neighbours encrypted to it (stage 2 relay)."""
 
     STAGE: ClassVar[str] = "forward_shares"
+    round_id: int
     senders: tuple[int, ...]
     ciphertexts: list[bytes]
     SCHEMA: ClassVar[dict[str, Validator]] = {
+        "round_id": _ROUND,
         "senders": _ids,
         "ciphertexts": _bytes_list(CIPHERTEXT_BYTES),
     }
@@ -279,9 +333,14 @@ class UnmaskRequestMsg(_Message):
     """Server -> survivors: whose seeds (survivors) and whose mask keys (dropped) to reveal."""
 
     STAGE: ClassVar[str] = "unmask_request"
+    round_id: int
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
-    SCHEMA: ClassVar[dict[str, Validator]] = {"survivors": _ids, "dropped": _ids}
+    SCHEMA: ClassVar[dict[str, Validator]] = {
+        "round_id": _ROUND,
+        "survivors": _ids,
+        "dropped": _ids,
+    }
 
     def check(self) -> None:
         if set(self.survivors) & set(self.dropped):
@@ -301,9 +360,9 @@ class UnmaskSharesMsg(_Message):
     SCHEMA: ClassVar[dict[str, Validator]] = {
         "node_id": _NODE,
         "seed_owners": _ids,
-        "seed_shares": _bytes_list(SEED_BYTES),
+        "seed_shares": _bytes_list(SHARE_BYTES),
         "key_owners": _ids,
-        "key_shares": _bytes_list(KEY_BYTES),
+        "key_shares": _bytes_list(SHARE_BYTES),
     }
 
     def check(self) -> None:
@@ -340,12 +399,16 @@ _BY_STAGE: dict[str, type[_Message]] = {
 }
 
 
+def _fields_of(msg: _Message) -> dict[str, Any]:
+    return {f.name: getattr(msg, f.name) for f in fields(msg)}
+
+
 def encode(msg: Message) -> dict[str, Any]:
     """Message -> flat payload dict (node-id tuples packed to bytes, arrays left as arrays)."""
     msg.check()
     out: dict[str, Any] = {STAGE_KEY: msg.STAGE}
-    for f in fields(msg):
-        out[f.name] = _enc_value(getattr(msg, f.name))
+    for name, value in _fields_of(msg).items():
+        out[name] = _enc_value(value)
     return out
 
 

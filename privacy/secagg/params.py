@@ -12,20 +12,21 @@ import math
 import struct
 from dataclasses import dataclass
 
+from privacy.secagg.bounds import (
+    FailureBounds,
+    ThreatModel,
+    colluders_cannot_cut,
+    derive_graph,
+    exposure_is_negligible,
+    failure_bounds,
+    min_survivors_floor,
+    smallest_secure_threshold,
+)
 from privacy.secagg.errors import SecAggConfigError
 
-PROTOCOL_LABEL = b"fedguard/secagg+/v1"
+PROTOCOL_LABEL = b"fedguard/secagg+/v2"
 MAX_QUANT_BITS = 48  # float64 must represent every quantisation level exactly
 MAX_MOD_BITS = 64  # arithmetic is done in numpy uint64
-COMPLETE_GRAPH_UP_TO = 32  # below this size the O(n^2) complete graph is cheap and strongest
-
-
-def default_num_neighbours(num_nodes: int) -> int:
-    """Complete graph for small cohorts, else an even degree ~4*log2(n) (SecAgg+ uses O(log n))."""
-    if num_nodes <= COMPLETE_GRAPH_UP_TO:
-        return num_nodes - 1
-    degree = 2 * math.ceil(2 * math.log2(num_nodes))
-    return min(num_nodes - 1, degree)
 
 
 def min_mod_bits(num_nodes: int, quant_bits: int) -> int:
@@ -39,7 +40,9 @@ class SecAggParams:
 
     num_neighbours is the degree of the neighbour graph; each node's secrets are Shamir-shared
     over its group = itself + its neighbours (group_size = num_neighbours + 1), with
-    `threshold` shares needed to reconstruct.
+    `threshold` shares needed to reconstruct. The threat model (corrupt_fraction,
+    dropout_rate, sigma, eta) travels with the parameters: both sides check (k, t) and
+    min_survivors against it, and it is bound into the round context.
     """
 
     num_nodes: int
@@ -51,6 +54,10 @@ class SecAggParams:
     quant_bits: int
     mod_bits: int
     stochastic_rounding: bool
+    corrupt_fraction: float = ThreatModel.corrupt_fraction
+    dropout_rate: float = ThreatModel.dropout_rate
+    sigma: int = ThreatModel.sigma
+    eta: int = ThreatModel.eta
 
     @property
     def group_size(self) -> int:
@@ -66,6 +73,16 @@ class SecAggParams:
     def max_dropouts_per_group(self) -> int:
         """How many holders of one node's shares may vanish before reconstruction fails."""
         return self.group_size - self.threshold
+
+    @property
+    def threat_model(self) -> ThreatModel:
+        """The assumptions (k, t) were chosen for."""
+        return ThreatModel(self.corrupt_fraction, self.dropout_rate, self.sigma, self.eta)
+
+    def failure_bounds(self) -> FailureBounds:
+        """Bounds on exposure, disconnection and abort for these parameters (Bell et al.)."""
+        return failure_bounds(self.num_nodes, self.num_neighbours, self.threshold,
+                              self.threat_model)
 
     def validate(self) -> SecAggParams:
         """Reject unsafe or impossible settings with a one-line reason."""
@@ -88,10 +105,25 @@ class SecAggParams:
                 f"threshold={self.threshold}: must be above half the share group ({g}) and at "
                 f"most {g}; use {g // 2 + 1}"
             )
-        if not n / 2 < self.min_survivors <= n or self.min_survivors < self.threshold:
+        model = self.threat_model.validate()
+        if not exposure_is_negligible(n, self.num_neighbours, self.threshold, model):
             raise SecAggConfigError(
-                f"min_survivors={self.min_survivors}: must exceed half of the {n} sampled nodes, "
-                f"be at least threshold={self.threshold} and at most {n}"
+                f"num_neighbours={self.num_neighbours}, threshold={self.threshold}: P(some node "
+                f"has >= t colluding neighbours) = {self.failure_bounds().exposure:.2g} exceeds "
+                f"2^-{self.sigma} at corrupt_fraction={self.corrupt_fraction:.3g}; leave both "
+                "unset to derive safe ones"
+            )
+        if not colluders_cannot_cut(n, self.num_neighbours, model):
+            raise SecAggConfigError(
+                f"num_neighbours={self.num_neighbours}: the colluding nodes alone may cut the "
+                f"honest ones apart (P > 2^-{self.sigma}); raise num_neighbours or leave it unset"
+            )
+        floor = min_survivors_floor(n, self.num_neighbours, self.threshold, model)
+        if not floor <= self.min_survivors <= n:
+            raise SecAggConfigError(
+                f"min_survivors={self.min_survivors}: must be between {floor} and {n} (a "
+                f"majority, threshold={self.threshold}, corrupt+2 and few enough dropouts to "
+                f"keep honest survivors connected) for {n} nodes"
             )
         if not (math.isfinite(self.clip_range) and self.clip_range > 0):
             raise SecAggConfigError(f"clip_range={self.clip_range}: must be a positive number")
@@ -110,7 +142,7 @@ class SecAggParams:
     def digest(self) -> bytes:
         """Canonical hash of the parameters, so both sides provably use the same ones."""
         packed = struct.pack(
-            ">QQQQQdQQ?",
+            ">QQQQQdQQ?ddQQ",
             self.num_nodes,
             self.vector_length,
             self.num_neighbours,
@@ -120,6 +152,10 @@ class SecAggParams:
             self.quant_bits,
             self.mod_bits,
             self.stochastic_rounding,
+            self.corrupt_fraction,
+            self.dropout_rate,
+            self.sigma,
+            self.eta,
         )
         return hashlib.sha256(PROTOCOL_LABEL + b"/params" + packed).digest()
 
@@ -128,41 +164,64 @@ def resolve_params(
     num_nodes: int,
     vector_length: int,
     *,
+    min_nodes: int = 0,
     num_neighbours: int | None = None,
     threshold: int | None = None,
-    min_survivors: int | None = None,
+    corrupt_fraction: float = ThreatModel.corrupt_fraction,
+    dropout_rate: float = ThreatModel.dropout_rate,
+    sigma: int = ThreatModel.sigma,
+    eta: int = ThreatModel.eta,
     clip_range: float = 8.0,
     quant_bits: int = 32,
     mod_bits: int | None = None,
     stochastic_rounding: bool = True,
 ) -> SecAggParams:
-    """Fill safe defaults and validate.
+    """Derive (k, t) from the threat model, fill safe defaults and validate.
 
-    Defaults: complete graph up to 32 nodes, threshold = half the share group + 1,
-    min_survivors = half the sampled nodes + 1, mod_bits just wide enough not to overflow.
-    An odd num_neighbours below n-1 is rounded up to the next even number (Harary graph).
+    num_neighbours and threshold default to `derive_graph` (Bell et al.'s conditions); a
+    given num_neighbours gets the smallest secure threshold, and an odd one below n-1 is
+    rounded up to the next even number (Harary graph). min_nodes is the caller's floor on
+    the nodes in an unmasked sum (the run's min-nodes); the library raises it to a majority,
+    t, corrupt+2 and what keeps honest survivors connected. mod_bits defaults to just wide
+    enough not to overflow.
     """
     if num_nodes < 2:
         raise SecAggConfigError(f"num_nodes={num_nodes}: secure aggregation needs at least 2 nodes")
-    k = default_num_neighbours(num_nodes) if num_neighbours is None else int(num_neighbours)
-    if k >= num_nodes - 1:
-        k = num_nodes - 1
-    elif k % 2:
-        k = min(k + 1, num_nodes - 1)
-    group = k + 1
-    t = group // 2 + 1 if threshold is None else int(threshold)
-    survivors = max(num_nodes // 2 + 1, t) if min_survivors is None else int(min_survivors)
+    if not 0 <= min_nodes <= num_nodes:
+        raise SecAggConfigError(
+            f"min_nodes={min_nodes}: only {num_nodes} nodes were sampled; sample at least "
+            "min-nodes or lower it"
+        )
+    model = ThreatModel(
+        float(corrupt_fraction), float(dropout_rate), int(sigma), int(eta)
+    ).validate()
+    if num_neighbours is None:
+        k, t = derive_graph(num_nodes, model)
+    else:
+        k = int(num_neighbours)
+        if k >= num_nodes - 1:
+            k = num_nodes - 1
+        elif k % 2:
+            k = min(k + 1, num_nodes - 1)
+        t = smallest_secure_threshold(num_nodes, k, model)
+    if threshold is not None:
+        t = int(threshold)
+    survivors = max(int(min_nodes), min_survivors_floor(num_nodes, k, t, model))
     mb = min_mod_bits(num_nodes, quant_bits) if mod_bits is None else int(mod_bits)
     return SecAggParams(
         num_nodes=num_nodes,
         vector_length=int(vector_length),
         num_neighbours=k,
         threshold=t,
-        min_survivors=survivors,
+        min_survivors=min(survivors, num_nodes),
         clip_range=float(clip_range),
         quant_bits=int(quant_bits),
         mod_bits=mb,
         stochastic_rounding=bool(stochastic_rounding),
+        corrupt_fraction=model.corrupt_fraction,
+        dropout_rate=model.dropout_rate,
+        sigma=model.sigma,
+        eta=model.eta,
     ).validate()
 
 

@@ -2,8 +2,9 @@
 
 The server sees public keys, ciphertexts it cannot open, masked vectors, and finally the
 shares needed to strip masks from the sum of the surviving nodes. It never obtains both the
-self-mask seed and the mask key of one node, and refuses (SecAggAbort) to finish with fewer
-survivors than the threshold, so it never holds a single node's unmasked vector.
+self-mask seed and the mask key of one node, and refuses (SecAggAbort) to unmask a sum of
+fewer than `params.min_survivors` nodes (at least the caller's min-nodes, a majority of the
+sampled nodes, and what the threat model needs), so it never holds a small partial sum.
 """
 
 from __future__ import annotations
@@ -14,19 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from privacy.secagg import crypto
-from privacy.secagg.client import TrustedKeys, _as_public, mod_mask, pair_sign
+from privacy.secagg.client import TrustedKeys, as_trusted_keys, mod_mask, pair_sign
 from privacy.secagg.errors import SecAggAbort, SecAggConfigError, SecAggProtocolError
-from privacy.secagg.graph import (
-    MAX_NODE_ID,
-    is_connected,
-    neighbour_map,
-    pack_ids,
-    share_group,
-)
+from privacy.secagg.graph import MAX_NODE_ID, NeighbourGraph, pack_ids, share_group
 from privacy.secagg.messages import (
     AdvertiseKeysMsg,
     ForwardedSharesMsg,
@@ -67,9 +61,12 @@ class SecAggServer:
         *,
         run_id: str,
         round_id: int,
-        identity_keys: TrustedKeys | None = None,
+        trusted_keys: TrustedKeys | None = None,
         graph_seed: bytes | None = None,
     ) -> None:
+        """trusted_keys (node id -> Ed25519 public key) is the trust anchor for signed key
+        advertisement: with it every node must sign its round keys, and a node whose key is
+        missing from the map, or whose signature is missing or wrong, is dropped."""
         ids = tuple(sorted(int(i) for i in node_ids))
         if len(set(ids)) != len(ids) or any(not 0 <= i <= MAX_NODE_ID for i in ids):
             raise SecAggConfigError("node_ids must be distinct 64-bit Flower node ids")
@@ -83,34 +80,23 @@ class SecAggServer:
             raise SecAggConfigError("round_id must be >= 0 and run_id at most 256 characters")
         self.params = params
         self.node_ids = ids
-        self.identity_keys: dict[int, Ed25519PublicKey] | None = (
-            None
-            if identity_keys is None
-            else {int(k): _as_public(v) for k, v in identity_keys.items()}
-        )
-        if self.identity_keys is not None and set(ids) - set(self.identity_keys):
-            missing = sorted(set(ids) - set(self.identity_keys))[:3]
-            raise SecAggConfigError(f"identity_keys lacks sampled nodes {missing}; add them")
-        self.setup_msg = SetupMsg(
-            run_id=run_id,
-            round_id=round_id,
-            node_ids=ids,
-            graph_seed=graph_seed if graph_seed is not None else os.urandom(32),
-            num_neighbours=params.num_neighbours,
-            threshold=params.threshold,
-            min_survivors=params.min_survivors,
-            clip_range=params.clip_range,
-            quant_bits=params.quant_bits,
-            mod_bits=params.mod_bits,
-            vector_length=params.vector_length,
-            stochastic_rounding=params.stochastic_rounding,
-            require_signatures=self.identity_keys is not None,
+        self.round_id = round_id
+        self.trusted_keys = as_trusted_keys(trusted_keys)
+        self.setup_msg = SetupMsg.for_round(
+            run_id,
+            round_id,
+            ids,
+            graph_seed if graph_seed is not None else os.urandom(32),
+            params,
+            require_signatures=self.trusted_keys is not None,
         )
         self.setup_msg.check()
         self.context = context_digest(
             run_id, round_id, pack_ids(ids), self.setup_msg.graph_seed, params
         )
-        self.neighbours = neighbour_map(ids, params.num_neighbours, self.setup_msg.graph_seed)
+        self.graph = NeighbourGraph(ids, params.num_neighbours, self.setup_msg.graph_seed)
+        self.neighbours = self.graph.neighbour_map()
+        self._share_indices: dict[int, dict[int, int]] = {}
         self.stage = "setup"
         self.alive: set[int] = set(ids)
         self.dropped: dict[int, str] = {}
@@ -127,7 +113,7 @@ class SecAggServer:
         """Public, JSON-ready facts about the round for the audit log (no secrets, no data)."""
         p = self.params
         return {
-            "protocol": "secagg+/v1",
+            "protocol": "secagg+/v2",
             "context": self.context.hex(),
             "params_digest": p.digest().hex(),
             "stage": self.stage,
@@ -138,7 +124,14 @@ class SecAggServer:
             "clip_range": p.clip_range,
             "quant_bits": p.quant_bits,
             "mod_bits": p.mod_bits,
-            "signed_keys": self.identity_keys is not None,
+            "threat_model": {
+                "corrupt_fraction": p.corrupt_fraction,
+                "dropout_rate": p.dropout_rate,
+                "sigma": p.sigma,
+                "eta": p.eta,
+            },
+            "failure_bounds": p.failure_bounds().as_dict(),
+            "signed_keys": self.trusted_keys is not None,
             "contributors": [str(u) for u in self.survivors],
             "dropped": {str(u): why for u, why in sorted(self.dropped.items())},
         }
@@ -196,13 +189,11 @@ class SecAggServer:
         probe = X25519PrivateKey.generate()
         for nid in sorted(got):
             msg: AdvertiseKeysMsg = got[nid]
-            if self.identity_keys is not None and not crypto.verify(
-                self.identity_keys[nid],
-                msg.signature,
-                crypto.advertise_message(self.context, nid, msg.c_pk, msg.s_pk),
-            ):
-                self._drop(nid, "advertise keys: signature does not verify")
-                continue
+            if self.trusted_keys is not None:
+                why = self._signature_problem(nid, msg)
+                if why:
+                    self._drop(nid, f"advertise keys: {why}")
+                    continue
             if msg.c_pk in seen or msg.s_pk in seen or msg.c_pk == msg.s_pk:
                 self._drop(nid, "advertise keys: re-used public key")
                 continue
@@ -219,12 +210,24 @@ class SecAggServer:
         for nid in sorted(self.alive):
             peers = tuple(sorted(self.neighbours[nid] & self.alive))
             out[nid] = KeysMsg(
+                self.round_id,
                 peers,
                 [self.keys[p][0] for p in peers],
                 [self.keys[p][1] for p in peers],
                 [self.keys[p][2] for p in peers],
             )
         return out
+
+    def _signature_problem(self, nid: int, msg: AdvertiseKeysMsg) -> str:
+        """Why `nid`'s advertised keys are not accepted as signed ('' when they are)."""
+        assert self.trusted_keys is not None
+        trusted = self.trusted_keys.get(nid)
+        if trusted is None:
+            return "no trusted identity key for this node"
+        if not msg.signature:
+            return "signature missing"
+        message = crypto.advertise_message(self.context, nid, msg.c_pk, msg.s_pk)
+        return "" if crypto.verify(trusted, msg.signature, message) else "signature does not verify"
 
     def collect_shares(
         self, replies: Mapping[int, ShareKeysMsg | Mapping]
@@ -247,7 +250,9 @@ class SecAggServer:
         out: dict[int, ForwardedSharesMsg] = {}
         for nid, items in inbox.items():
             self.forwarded[nid] = tuple(s for s, _ in items)
-            out[nid] = ForwardedSharesMsg(self.forwarded[nid], [b for _, b in items])
+            out[nid] = ForwardedSharesMsg(
+                self.round_id, self.forwarded[nid], [b for _, b in items]
+            )
         return out
 
     def collect_masked(
@@ -281,7 +286,7 @@ class SecAggServer:
                 self.dropped.setdefault(r, f"masked input: its share bundle was rejected by {by}")
         self._require(len(survivors), "are in the sum")
         surv = set(survivors)
-        if not is_connected(surv, self.neighbours):
+        if not self.graph.connected(surv):
             raise SecAggAbort(
                 "the surviving nodes' mask graph is disconnected, so unmasking would expose "
                 "partial sums; ending this round (raise num_neighbours)"
@@ -289,8 +294,8 @@ class SecAggServer:
         self.survivors = tuple(survivors)
         needed = set().union(*(self.mask_sets[v] for v in survivors)) - surv
         self.reveal_keys_of = tuple(sorted(needed))
-        request = UnmaskRequestMsg(self.survivors, self.reveal_keys_of)
-        return {nid: request for nid in sorted(responders)}
+        request = UnmaskRequestMsg(self.round_id, self.survivors, self.reveal_keys_of)
+        return dict.fromkeys(self.survivors, request)  # a node left out refuses to answer
 
     def collect_unmask(self, replies: Mapping[int, UnmaskSharesMsg | Mapping]) -> SecAggResult:
         """Stage 4: reconstruct seeds of survivors and keys of dropped nodes; return the sum."""
@@ -312,14 +317,19 @@ class SecAggServer:
                 seed_shares[u].append((self._index(u, nid), share))
             for u, share in zip(msg.key_owners, msg.key_shares, strict=True):
                 key_shares[u].append((self._index(u, nid), share))
-        seeds = {u: self._reconstruct(u, s, "self-mask seed") for u, s in seed_shares.items()}
+        seeds = {
+            u: self._reconstruct(u, s, "self-mask seed", crypto.SEED_BYTES)
+            for u, s in seed_shares.items()
+        }
         for u, seed in seeds.items():
             if crypto.commit_seed(self.context, u, seed) != self.commits[u]:
                 raise SecAggAbort(
                     f"reconstructed seed of node {u} does not match its commitment "
                     "(a holder revealed a bad share); ending this round"
                 )
-        keys = {u: self._reconstruct(u, s, "mask key") for u, s in key_shares.items()}
+        keys = {
+            u: self._reconstruct(u, s, "mask key", crypto.KEY_BYTES) for u, s in key_shares.items()
+        }
         for u, sk in keys.items():
             if crypto.x25519_public(sk) != self.keys[u][1]:
                 raise SecAggAbort(
@@ -333,16 +343,29 @@ class SecAggServer:
         return SecAggResult(result, self.survivors, dict(self.dropped))
 
     def _index(self, owner: int, holder: int) -> int:
-        return share_group(owner, self.neighbours[owner]).index(holder) + 1
+        """Shamir x-coordinate of `holder`'s share of `owner`'s secrets."""
+        indices = self._share_indices.get(owner)
+        if indices is None:
+            group = share_group(owner, self.neighbours[owner])
+            indices = self._share_indices[owner] = {u: i + 1 for i, u in enumerate(group)}
+        return indices[holder]
 
-    def _reconstruct(self, owner: int, shares: list[tuple[int, bytes]], what: str) -> bytes:
+    def _reconstruct(
+        self, owner: int, shares: list[tuple[int, bytes]], what: str, width: int
+    ) -> bytes:
         t = self.params.threshold
         if len(shares) < t:
             raise SecAggAbort(
                 f"only {len(shares)} of the {t} shares needed for node {owner}'s {what} arrived; "
                 "ending this round without an aggregate"
             )
-        return crypto.combine_secret(sorted(shares)[:t])
+        try:  # the lowest t indices: the same index set for most owners, so Lagrange is cached
+            return crypto.combine_secret(sorted(shares)[:t], width)
+        except crypto.CryptoFailure:
+            raise SecAggAbort(
+                f"shares of node {owner}'s {what} are inconsistent (a holder revealed a bad "
+                "share); ending this round"
+            ) from None
 
     def _unmask_sum(self, seeds: dict[int, bytes], keys: dict[int, bytes]) -> np.ndarray:
         """Sum of survivors' masked vectors minus their self masks and unmatched pair masks."""
