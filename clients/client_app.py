@@ -148,30 +148,45 @@ def admission(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({wire.ADMISSION: record}), reply_to=msg)
 
 
-# --- secure aggregation (see server/strategy/secure.py for the server's side) ---------------
-def _stage(stage: str, msg: Message, context: Context) -> Message:
-    from clients.secagg import handle_stage
+# --- secure aggregation (see server/rounds/secure.py for the server's side) ---------------
+# Pipelined: the train request of round r carries round r+1's setup ("secagg-next") and its
+# reply the node's advertised keys; the unmask request of round r carries r+1's keys and its
+# reply the node's encrypted shares. Bootstrap messages carry only "secagg".
+def _next(msg: Message, context: Context, into: RecordDict) -> None:
+    """Answer the pipelined next-round payload, if the message carries one."""
+    from clients.secagg import handle
+
+    if wire.has_payload(msg.content, wire.SECAGG_NEXT):
+        reply = handle(context, wire.record_payload(msg.content, wire.SECAGG_NEXT))
+        wire.payload_record(reply, wire.SECAGG_NEXT, into)
+
+
+def _stage(msg: Message, context: Context) -> Message:
+    from clients.secagg import handle
 
     try:
-        reply = handle_stage(context, stage, wire.record_payload(msg.content))
+        content = RecordDict()
+        if wire.has_payload(msg.content):
+            content = wire.payload_record(handle(context, wire.record_payload(msg.content)))
+        _next(msg, context, content)
     except SecAggError as err:
         return _error_reply(msg, err)
-    return Message(content=wire.payload_record(reply), reply_to=msg)
+    return Message(content=content, reply_to=msg)
 
 
 @app.train("secagg_setup")
 def secagg_setup(msg: Message, context: Context) -> Message:
-    return _stage("setup", msg, context)
+    return _stage(msg, context)
 
 
 @app.train("secagg_share")
 def secagg_share(msg: Message, context: Context) -> Message:
-    return _stage("share_keys", msg, context)
+    return _stage(msg, context)
 
 
 @app.train("secagg_unmask")
 def secagg_unmask(msg: Message, context: Context) -> Message:
-    return _stage("unmask", msg, context)
+    return _stage(msg, context)
 
 
 def summary_tail(runtime: Any, out: Any, names: list[str], with_eval: bool,
@@ -208,22 +223,21 @@ def secagg_masked(msg: Message, context: Context) -> Message:
     def run() -> Message:
         import numpy as np
 
-        from clients.secagg import masked_update, state_delta
+        from clients.secagg import handle, state_delta, weighted_vector
 
         runtime = _runtime(context)
         cfg = runtime.cfg
         round_cfg = msg.content[wire.CONFIG]
         state = msg.content[wire.ARRAYS].to_torch_state_dict()
+        rnd = int(round_cfg.get("server-round", 0))
         evaluate_only = bool(round_cfg.get("evaluate-only", False))
         if evaluate_only:
             from clients.training.node import TrainOutcome
 
-            rnd = int(round_cfg.get("server-round", 0))
             out = TrainOutcome(state, {"num-examples": 1.0},
                                runtime.evaluate(state, rnd, bounded=True))
         else:
-            out = runtime.train(state, int(round_cfg.get("server-round", 0)),
-                                cfg.federated_evaluation)
+            out = runtime.train(state, rnd, cfg.federated_evaluation)
             if out.refusal:
                 return _refusal(msg, out.metrics, out.refusal)
         weight = 1.0 if cfg.dp or evaluate_only else out.metrics["num-examples"]
@@ -237,9 +251,9 @@ def secagg_masked(msg: Message, context: Context) -> Message:
                   else state_delta({k: v.numpy() for k, v in out.state.items()}, glob))
         tail = summary_tail(runtime, out, list(round_cfg.get("summary-names", [])),
                             bool(round_cfg.get("summary-eval", False)), evaluate_only)
-        reply = masked_update(context, wire.record_payload(msg.content), update, weight,
-                              cfg.secagg_max_weight, tail)
-        content = wire.payload_record(reply)
+        vector = weighted_vector(update, weight, cfg.secagg_max_weight, tail)
+        content = wire.payload_record(handle(context, wire.record_payload(msg.content), vector))
+        _next(msg, context, content)
         clear = {k: v for k, v in out.metrics.items() if k.startswith("dp-epsilon")}
         content[wire.METRICS] = MetricRecord(clear)
         return Message(content=content, reply_to=msg)

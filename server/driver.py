@@ -25,6 +25,7 @@ from server.compliance.provenance import write_provenance
 from server.rounds.loop import run_rounds
 from server.rounds.plain import PlainRounds
 from server.rounds.replies import ReplySorter, RunStopped
+from server.rounds.sampling import sample_nodes
 from server.rounds.secure import SecureRounds
 from server.run import FederatedRun
 from server.store.records import BLOCKED, COMPLETED, FAILED, STOPPED
@@ -94,11 +95,16 @@ def drive_run(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int,
         if remaining > 0:
             gate.open(grid, cfg.node_wait_timeout)
             sorter = ReplySorter(run)
+
+            def sample(g: Grid, rnd: int) -> list[int]:
+                return sample_nodes(g, lambda ids: gate.admit(g, ids), rnd, cfg.fraction_train,
+                                    cfg.min_nodes, cfg.seed, cfg.node_wait_timeout, _say)
+
             with_eval = cfg.federated_evaluation and not (cfg.dp and cfg.dp_eval == "off")
-            rounds = (SecureRounds(run, cfg, sorter, gate.metric_names or [], with_eval)
-                      if cfg.secagg else PlainRounds(run, cfg, sorter))
-            run_rounds(grid, run, cfg, rounds, lambda ids: gate.admit(grid, ids), remaining,
-                       _say)
+            rounds = (SecureRounds(run, cfg, sorter, gate.metric_names or [], with_eval, sample,
+                                   cfg.num_server_rounds) if cfg.secagg
+                      else PlainRounds(run, cfg, sorter, sample))
+            run_rounds(grid, run, cfg, rounds, remaining, _say)
     except (GateFailed, TaskError) as blocked:
         store.finish_run(run.run_id, BLOCKED, str(blocked))
         run.event("run-blocked", f"not started: {blocked}")

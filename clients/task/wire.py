@@ -34,23 +34,31 @@ WEIGHT_KEY = "aggregation-weight"  # metric: the node's FedAvg weight
 EXAMPLES_KEY = "num-examples"
 EVAL_PREFIX = "eval-"  # metrics of the global model on the node's validation data
 
+# Secure-aggregation payloads. A message carries this round's stage ("secagg") and, pipelined,
+# the next round's setup or keys ("secagg-next"), so a round needs two exchanges, not four.
 SECAGG_CFG = "secagg"
-SECAGG_ARRAYS = "secagg-arrays"
+SECAGG_NEXT = "secagg-next"
 
 
-def payload_record(payload: Mapping[str, Any]) -> RecordDict:
-    """A protocol payload as a RecordDict (scalars + arrays)."""
+def payload_record(payload: Mapping[str, Any], name: str = SECAGG_CFG,
+                   into: RecordDict | None = None) -> RecordDict:
+    """A protocol payload as records `name` (scalars) and `name`-arrays, added to `into`."""
     scalars, arrays = split_payload(payload)
-    rd = RecordDict({SECAGG_CFG: ConfigRecord(scalars)})
+    rd = into if into is not None else RecordDict()
+    rd[name] = ConfigRecord(scalars)
     if arrays:
-        rd[SECAGG_ARRAYS] = ArrayRecord(array_dict={k: Array(v) for k, v in arrays.items()})
+        rd[f"{name}-arrays"] = ArrayRecord(array_dict={k: Array(v) for k, v in arrays.items()})
     return rd
 
 
-def record_payload(content: RecordDict) -> dict[str, Any]:
+def has_payload(content: RecordDict, name: str = SECAGG_CFG) -> bool:
+    return name in content.config_records
+
+
+def record_payload(content: RecordDict, name: str = SECAGG_CFG) -> dict[str, Any]:
     """Inverse of `payload_record` (validation happens in the protocol's decode)."""
-    scalars = dict(content.config_records.get(SECAGG_CFG, {}))
-    arrays_rec = content.array_records.get(SECAGG_ARRAYS)
+    scalars = dict(content.config_records.get(name, {}))
+    arrays_rec = content.array_records.get(f"{name}-arrays")
     arrays = {k: v.numpy() for k, v in arrays_rec.items()} if arrays_rec is not None else {}
     return join_payload(scalars, arrays)
 

@@ -14,11 +14,12 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from clients.task.run_config import RunConfig
-from server.rounds.sampling import sample_nodes
 from server.run import FederatedRun
 
 
 class Rounds(Protocol):
+    def cohort(self, grid: Grid, rnd: int) -> list[int]: ...
+
     def train(self, grid: Grid, rnd: int, arrays: ArrayRecord, nodes: list[int],
               config: ConfigRecord) -> ArrayRecord | None: ...
 
@@ -30,7 +31,6 @@ def run_rounds(
     run: FederatedRun,
     cfg: RunConfig,
     rounds: Rounds,
-    admit: Callable[[list[int]], set[int]],
     remaining: int,
     log: Callable[[str], None] = lambda _m: None,
 ) -> None:
@@ -52,8 +52,7 @@ def run_rounds(
         rnd = run.global_round(local)
         start = time.monotonic()
         run.begin_round(rnd)
-        nodes = sample_nodes(grid, admit, rnd, cfg.fraction_train, cfg.min_nodes, cfg.seed,
-                             cfg.node_wait_timeout, log)
+        nodes = rounds.cohort(grid, rnd)
         config = ConfigRecord({"server-round": rnd, **round_config})
         new = rounds.train(grid, rnd, arrays, nodes, config)
         if new is not None:

@@ -4,7 +4,7 @@ FedAvg or one of its robust aggregators (they need individual updates, so never 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -57,11 +57,16 @@ def _harmonise(replies: list[Message]) -> None:
 class PlainRounds:
     """Train exchange -> checks -> aggregation, for one round at a time."""
 
-    def __init__(self, run: FederatedRun, cfg: RunConfig, sorter: ReplySorter) -> None:
+    def __init__(self, run: FederatedRun, cfg: RunConfig, sorter: ReplySorter,
+                 sample: Callable[[Grid, int], list[int]] | None = None) -> None:
         self.run = run
         self.cfg = cfg
         self.sorter = sorter
+        self.sample = sample
         self.aggregator = build_aggregator(cfg)
+
+    def cohort(self, grid: Grid, rnd: int) -> list[int]:
+        return self.sample(grid, rnd) if self.sample else sorted(grid.get_node_ids())
 
     def train(self, grid: Grid, rnd: int, arrays: ArrayRecord, nodes: list[int],
               config: ConfigRecord) -> ArrayRecord | None:

@@ -55,6 +55,7 @@ def secure_round(run: FederatedRun, cfg: RunConfig, grid: Grid, arrays: ArrayRec
                  rnd: int = 1, names: list[str] | None = None,
                  with_eval: bool = False) -> ArrayRecord | None:
     run.begin_round(rnd)
-    rounds = SecureRounds(run, cfg, ReplySorter(run), names or [], with_eval)
+    rounds = SecureRounds(run, cfg, ReplySorter(run), names or [], with_eval,
+                          lambda g, _r: sorted(g.get_node_ids()), last_round=rnd)
     return rounds.train(grid, rnd, arrays, sorted(grid.get_node_ids()),
                         ConfigRecord({"server-round": rnd}))
