@@ -65,11 +65,11 @@ def _round(tmp_path, grid: LossyGrid):
     return RUN_CONFIG, arrays, new, run.store
 
 
-def _plain_average(task, arrays, nodes):
+def _plain_average(task, arrays, nodes, rnd=1):
     """What plain sample-weighted FedAvg over `nodes` would produce."""
     state = arrays.to_torch_state_dict()
-    outs = [node_train(task, {"partition-id": NODE_IDS.index(n), "num-partitions": N}, state, 1)
-            for n in nodes]
+    outs = [node_train(task, {"partition-id": NODE_IDS.index(n), "num-partitions": N}, state,
+                       rnd) for n in nodes]
     total = sum(o.metrics["num-examples"] for o in outs)
     return {k: sum(o.state[k].numpy().astype(np.float64) * o.metrics["num-examples"]
                    for o in outs) / total for k in state}
@@ -134,3 +134,40 @@ def test_server_never_holds_a_single_unmasked_update(tmp_path) -> None:
         masked = vec[: plain.size]
         assert abs(np.corrcoef(masked, plain)[0, 1]) < 0.1
         assert np.all(masked != plain)
+
+
+def test_pipelined_rounds_need_two_exchanges_each_and_stay_exact(tmp_path) -> None:
+    """After the bootstrap, a round is one train exchange (carrying the next round's setup) and
+    one unmask exchange (carrying its keys); every round's secure sum is still plain FedAvg."""
+    from flwr.app import ConfigRecord
+
+    from server.rounds.replies import ReplySorter
+    from server.rounds.secure import SecureRounds
+
+    grid = LossyGrid()
+    exchanges: list[int] = []
+    real = grid.send_and_receive
+
+    def count(messages, *, timeout=None):
+        exchanges.append(1)
+        return real(messages, timeout=timeout)
+
+    grid.send_and_receive = count  # type: ignore[method-assign]
+    run, cfg = make_run(tmp_path, {**RUN_CONFIG, "num-server-rounds": 3})
+    rounds = SecureRounds(run, cfg, ReplySorter(run), [], False,
+                          lambda g, _r: sorted(g.get_node_ids()), last_round=3)
+    arrays = initial_arrays(run)
+    per_round = []
+    for rnd in (1, 2, 3):
+        before = len(exchanges)
+        run.begin_round(rnd)
+        expected = _plain_average(RUN_CONFIG, arrays, NODE_IDS, rnd)
+        new = rounds.train(grid, rnd, arrays, rounds.cohort(grid, rnd),
+                           ConfigRecord({"server-round": rnd}))
+        assert new is not None and _close(new, expected) < 1e-5
+        per_round.append(len(exchanges) - before)
+        arrays = new
+    assert per_round == [4, 2, 2]
+    # each node's protocol state is per round and none is left once the run is over
+    for context in grid.contexts.values():
+        assert not [k for k in context.state.config_records if k.startswith("secagg-client/")]
