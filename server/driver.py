@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
+import threading
 from collections.abc import Mapping
 from logging import ERROR, INFO
 from pathlib import Path
@@ -28,7 +30,7 @@ from server.rounds.replies import ReplySorter, RunStopped
 from server.rounds.sampling import sample_nodes
 from server.rounds.secure import SecureRounds
 from server.run import FederatedRun
-from server.store.records import BLOCKED, COMPLETED, FAILED, STOPPED
+from server.store.records import BLOCKED, COMPLETED, FAILED, HEARTBEAT_S, STOPPED
 from server.store.store import RunStore, StoreError, default_data_dir
 
 
@@ -38,6 +40,33 @@ class RunRefused(Exception):
 
 def _say(message: str) -> None:
     log(INFO, "fedguard: %s", message)
+
+
+class Heartbeat:
+    """Writes the run's heartbeat from a thread of its own, so readers can tell a live run
+    from one whose ServerApp died (its own SQLite connection: connections are per thread)."""
+
+    def __init__(self, data_dir: Path, run_id: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(data_dir, run_id),
+                                        name="fedguard-heartbeat", daemon=True)
+
+    def _beat(self, data_dir: Path, run_id: str) -> None:
+        store = RunStore.in_dir(data_dir)
+        try:
+            while not self._stop.wait(HEARTBEAT_S):
+                with contextlib.suppress(sqlite3.Error):
+                    store.heartbeat(run_id)
+        finally:
+            store.close()
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def check_task_for_run(run: FederatedRun, cfg: RunConfig) -> None:
@@ -88,6 +117,12 @@ def drive_run(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int,
                          timeout=cfg.round_timeout, min_nodes=cfg.min_nodes, mode=mode)
     secagg_facts = {"enabled": cfg.secagg, **cfg.secagg_options} if cfg.secagg else {
         "enabled": False}
+    with Heartbeat(data_dir, run.run_id):
+        return _drive(grid, cfg, run, gate, store, secagg_facts, data_dir)
+
+
+def _drive(grid: Grid, cfg: RunConfig, run: FederatedRun, gate: AdmissionGate, store: RunStore,
+           secagg_facts: Mapping[str, Any], data_dir: Path) -> str:
     try:
         check_task_for_run(run, cfg)
         gate.check_run()

@@ -36,6 +36,7 @@ class SuperLink:
     tls: TLSFiles | None = None
     supernode_auth: bool = False
     extra_args: Sequence[str] = ()
+    host: str = "127.0.0.1"  # 0.0.0.0 for nodes on other machines
     port: int = field(default_factory=free_port)  # flwr 1.41 serves Control, Fleet and Runtime here
     process: Process | None = None
 
@@ -57,7 +58,7 @@ class SuperLink:
         cmd = [
             tool("flower-superlink"),
             "--host",
-            "127.0.0.1",
+            self.host,
             "--port",
             str(self.port),
             "--database",

@@ -27,6 +27,20 @@ EVENT_KINDS_OF_NOTE = (
 )
 
 
+HEARTBEAT_S = 15.0  # a running ServerApp writes runs.heartbeat_at this often
+LOST_AFTER_S = 90.0  # ... so a running run silent for longer has lost its ServerApp
+
+
+def shown_status(run: Mapping[str, Any], now: float) -> str:
+    """A run's status as a reader should show it: a `running` run whose ServerApp stopped
+    beating (killed, crashed, stopped from outside) is `lost`, never `running` for ever."""
+    status = str(run.get("status", ""))
+    beat = run.get("heartbeat_at") or run.get("started_at") or 0.0
+    if status == RUNNING and now - float(beat) > LOST_AFTER_S:
+        return LOST
+    return status
+
+
 def _json(value: Any) -> Any:
     if isinstance(value, str):
         try:
