@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python scripts/simulate.py --nodes 10 --rounds 10 --dataset digits --partition dirichlet
+	$(BIN)/python scripts/demo.py
 
 test: $(STAMP) browser
 	$(BIN)/ruff check .
@@ -44,7 +44,9 @@ fuzz: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# make ui [RUN=<run id>]: the dashboard (on that run), at http://127.0.0.1:8501
 ui: $(STAMP)
+	@echo "dashboard: http://127.0.0.1:8501/$(if $(RUN),?run=$(RUN),)"
 	$(BIN)/streamlit run assistant/app.py --server.address 127.0.0.1 --server.headless true
 
 clean:

@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from privacy.console import OneLineParser  # noqa: E402
-from privacy.processes import stop_on_signals  # noqa: E402
-from server.deploy.follow import follow, load_outcome, print_summary  # noqa: E402
-from server.deploy.superlink import LaunchError, SuperLink, parse_value  # noqa: E402
+from server.deploy.follow import print_summary  # noqa: E402
+from server.deploy.simulation import simulate  # noqa: E402
+from server.deploy.superlink import LaunchError, parse_value  # noqa: E402
 from server.store import default_data_dir  # noqa: E402
 
 console = Console()
@@ -63,15 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_run_config(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
-    cfg: dict[str, Any] = {"data-dir": str(data_dir)}
+    cfg: dict[str, Any] = {}
     if args.rounds is not None:
         cfg["num-server-rounds"] = args.rounds
     for key, val in (("task", BUNDLED.get(args.dataset or "")), ("model", args.model),
                      ("partition", args.partition), ("dirichlet-alpha", args.alpha)):
         if val:
             cfg[key] = val
-    if args.resume:
-        cfg["resume"] = args.resume
     for item in args.set:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -90,42 +88,20 @@ def build_run_config(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     data_dir = default_data_dir(args.data_dir)
-    store_path = data_dir / "runs.sqlite"
-    run_config = build_run_config(args, data_dir)
-    fed_config = {"num-supernodes": args.nodes, "client-resources-num-cpus": 1}
-    sl = SuperLink(data_dir / "flower", simulation=True)
-    flower_id: int | None = None
-    total = int(run_config.get("num-server-rounds", 10))
-    with stop_on_signals(sl.stop):
-        try:
-            sl.start()
-            flower_id = sl.submit(args.app.resolve(), run_config, fed_config)
-            run_id = args.resume or str(flower_id)
-            console.print(f"run [bold]{run_id}[/] submitted: {args.nodes} virtual nodes; "
-                          f"store {store_path}")
-            status = follow(sl, store_path, run_id, flower_id, total, args.timeout, console)
-            if not status.startswith("finished"):
-                sl.stop_run(flower_id)
-                status = f"timed out after {args.timeout:.0f}s ({status})"
-            logs = sl.flwr("log", str(flower_id), "fedguard", timeout=60).stdout
-            (data_dir / "flower" / f"run-{flower_id}.log").write_text(logs, encoding="utf-8")
-        except LaunchError as err:
-            console.print(f"[red]error:[/] {err}")
-            return 1
-    out = load_outcome(store_path, run_id, status)
+    try:
+        out = simulate(args.app, args.nodes, build_run_config(args, data_dir), data_dir,
+                       args.timeout, console, resume=args.resume)
+    except LaunchError as err:
+        console.print(f"[red]error:[/] {err}")
+        return 1
     print_summary(out, console)
     if out.ok:
-        console.print(f"[green]completed[/] run id [bold]{run_id}[/]; run store {store_path}")
+        console.print(f"[green]completed[/] run id [bold]{out.run_id}[/]; run store "
+                      f"{data_dir / 'runs.sqlite'}")
         return 0
-    reason = (out.run or {}).get("error") or _last_error(logs) or status
-    console.print(f"[red]run {run_id} did not complete[/]: {reason}")
-    console.print(f"  full log: {data_dir / 'flower' / f'run-{flower_id}.log'}")
+    console.print(f"[red]run {out.run_id} did not complete[/]: {out.reason()}")
+    console.print(f"  full log: {out.log_path}")
     return 1
-
-
-def _last_error(logs: str) -> str:
-    lines = [ln.strip() for ln in logs.splitlines() if "ERROR" in ln or "fedguard:" in ln]
-    return lines[-1][-300:] if lines else ""
 
 
 if __name__ == "__main__":

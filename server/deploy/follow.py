@@ -37,6 +37,18 @@ class RunOutcome:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
+    log_path: Path | None = None
+
+    def reason(self) -> str:
+        """Why a run did not complete, in one line."""
+        if self.run and self.run.get("error"):
+            return str(self.run["error"])
+        if self.log_path is not None and self.log_path.exists():
+            lines = [ln.strip() for ln in self.log_path.read_text(errors="replace").splitlines()
+                     if "ERROR" in ln or "fedguard:" in ln]
+            if lines:
+                return lines[-1][-300:]
+        return self.flower_status
 
     @property
     def ok(self) -> bool:
