@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from privacy.compliance.manifest import ManifestError, parse_manifest
 from privacy.compliance.policy import PolicyError, evaluate, load_packs
 from privacy.dp.ledger import LedgerError, PrivacyLedger
 from server.store import RunStore, default_data_dir
+from server.store.records import shown_status
 
 __all__ = ["RunStoreLiveSource", "compliance_summary", "metric", "node_matches"]
 
@@ -123,7 +125,7 @@ class RunStoreLiveSource:
         config = run.get("config") or {}
         out: dict[str, Any] = {
             "run_id": run_id,
-            "status": run["status"],
+            "status": shown_status(run, time.time()),
             "round": run["last_round"],
             "num_rounds": run["num_rounds"],
         }

@@ -173,7 +173,10 @@ def test_training_shows_rounds_nodes_privacy_settings_and_events(home: RecordedR
     assert not at.exception
     assert at.selectbox[0].value == RUN_ID
     assert [m.value for m in at.metric][:2] == ["completed", "3/3"]
-    assert {"Loss", "Accuracy", "Events"} <= {s.value for s in at.subheader}
+    # every metric the task reported gets a chart, one a task named itself included
+    assert {"loss", "accuracy", "recall-cancer", "Events"} <= {s.value for s in at.subheader}
+    assert "examples" not in {s.value for s in at.subheader}
+    assert at.metric[2].label == "Server accuracy" and at.metric[2].value == "0.87"
     frames = {tuple(df.value.columns)[:2]: df.value for df in at.dataframe}
     nodes = frames[("node", "rounds trained")]
     assert list(nodes["node"]) == list(NODES)

@@ -8,6 +8,7 @@ store read-only, queries and closes it. The short TTL keeps a running run's page
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,16 @@ import streamlit as st
 
 from assistant.ui.text import md_escape, one_line
 from server.store import RunStore, StoreError, default_data_dir
+from server.store.records import shown_status
 
 TTL_S = 2.0
 NO_RUNS = "No runs yet — run `make demo` to record a federated training run, then reload."
 # Tables that stores written by earlier fedguard versions may lack, and their "no rows" value.
-_ADDED_LATER: dict[str, Any] = {"manifests": [], "verdicts": [], "artifacts": {}, "events": []}
+_ADDED_LATER: dict[str, Any] = {"manifests": [], "verdicts": [], "artifacts": {}, "events": [],
+                                 "round_metrics": []}
 _QUERIES = frozenset(
     {"list_runs", "get_run", "rounds", "node_results", "events", "manifests", "verdicts",
-     "artifacts"}
+     "artifacts", "round_metrics"}
 )
 
 
@@ -98,7 +101,8 @@ def runs_or_message() -> list[dict[str, Any]] | None:
 def pick_run(runs: list[dict[str, Any]], key: str, label: str = "Run") -> str:
     """Run selector that honours and updates `?run=<id>`, so a link opens a given run."""
     ids = [str(r["run_id"]) for r in runs]
-    status = {str(r["run_id"]): r["status"] for r in runs}
+    now = time.time()
+    status = {str(r["run_id"]): shown_status(r, now) for r in runs}
     wanted = st.query_params.get("run")
     if key not in st.session_state:
         if wanted and wanted not in ids:

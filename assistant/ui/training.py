@@ -8,6 +8,7 @@ short cache TTL, see `ui/data.py`).
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from typing import Any
 
@@ -17,6 +18,7 @@ import streamlit as st
 from assistant.live_source import metric
 from assistant.ui.data import StoreUnavailable, pick_run, query, runs_or_message, show_unavailable
 from assistant.ui.text import md_escape, utc
+from server.store.records import EVENT_KINDS_OF_NOTE, LOST, RUNNING, shown_status
 
 REFRESH_S = 3.0
 # Run-config keys shown as the run's privacy settings (any other dp-*/secagg-* key is added).
@@ -25,10 +27,6 @@ SETTINGS = (
     "dp-noise-multiplier", "dp-sample-rate", "dp-privacy-unit", "secagg", "min-nodes",
     "tls", "node-auth", "aggregation", "policy-packs", "mode", "purpose", "server-country",
 )
-EVENT_KINDS_OF_NOTE = (
-    "node-refused", "node-failed", "node-excluded", "update-rejected", "round-empty",
-    "secagg-abort", "secagg-node-error", "secagg-sum-rejected", "run-failed", "run-stopped",
-)
 
 
 def runs_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
@@ -36,7 +34,7 @@ def runs_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
         [
             {
                 "run": str(r["run_id"]),
-                "status": r["status"],
+                "status": shown_status(r, time.time()),
                 "rounds": f"{r['last_round']}/{r['num_rounds']}",
                 "started": utc(r["started_at"]),
                 "ended": utc(r["ended_at"]),
@@ -135,21 +133,43 @@ def events_table(events: list[dict[str, Any]]) -> pd.DataFrame:
     ])
 
 
-def _charts(rounds: list[dict[str, Any]]) -> None:
+def metric_frames(metrics: list[Any]) -> dict[str, pd.DataFrame]:
+    """One frame per metric the task reported (loss first): rounds x source (server,
+    federated, train). Any metric a task names appears here with no page change."""
+    by_name: dict[str, dict[str, dict[int, float]]] = {}
+    for m in metrics:
+        by_name.setdefault(m.name, {}).setdefault(m.source, {})[m.round] = m.value
+    order = sorted(by_name, key=lambda n: (n != "loss", n == "examples", n))
+    return {name: pd.DataFrame(by_name[name]).sort_index() for name in order
+            if name != "examples"}
+
+
+def _charts(rounds: list[dict[str, Any]], metrics: list[Any]) -> None:
     if not rounds:
         st.info("No round has finished yet; charts appear after the first round.")
         return
-    df = pd.DataFrame(rounds).set_index("round")
-    left, right = st.columns(2)
-    with left:
-        st.subheader("Loss")
-        cols = [c for c in ("train_loss", "fed_loss", "server_loss") if df[c].notna().any()]
-        st.line_chart(df[cols].rename(columns=lambda c: c.removesuffix("_loss")))
-    with right:
-        st.subheader("Accuracy")
-        cols = [c for c in ("train_accuracy", "fed_accuracy", "server_accuracy")
-                if df[c].notna().any()]
-        st.line_chart(df[cols].rename(columns=lambda c: c.removesuffix("_accuracy")))
+    frames = metric_frames(metrics)
+    if not frames:
+        st.info("No metric recorded yet (under DP, federated evaluation may be reported for "
+                "the final model only).")
+        return
+    cols = st.columns(2)
+    for i, (name, frame) in enumerate(frames.items()):
+        with cols[i % 2]:
+            st.subheader(name)
+            st.line_chart(frame)
+
+
+def headline(run: dict[str, Any], metrics: list[Any]) -> tuple[str, float | None]:
+    """The run's headline metric on its final model: the server's set if any, else the
+    federated evaluation (a real federation's server often holds no data)."""
+    name = str(run.get("headline") or "accuracy")
+    for source in ("server", "federated"):
+        values = [m for m in metrics if m.name == name and m.source == source
+                  and m.value == m.value]
+        if values:
+            return f"{source.capitalize()} {name}", max(values, key=lambda m: m.round).value
+    return name.capitalize(), None
 
 
 def run_view(run_id: str, was_live: bool = False) -> None:
@@ -159,6 +179,7 @@ def run_view(run_id: str, was_live: bool = False) -> None:
         rounds = query("rounds", run_id)
         results = query("node_results", run_id)
         events = query("events", run_id)
+        metrics = query("round_metrics", run_id)
     except StoreUnavailable as exc:
         show_unavailable(exc)
         return
@@ -166,22 +187,28 @@ def run_view(run_id: str, was_live: bool = False) -> None:
         st.warning("That run disappeared from the run store; reload the page.")
         return
     config = run.get("config") or {}
-    live = run["status"] == "running"
+    status = shown_status(run, time.time())
+    live = status == RUNNING
     if was_live and not live:
         st.rerun(scope="app")  # the run ended: redraw once without the auto-refresh
     cols = st.columns(4)
-    cols[0].metric("Status", run["status"])
+    cols[0].metric("Status", status)
     cols[1].metric("Rounds", f"{run['last_round']}/{run['num_rounds']}")
-    last_acc = next((r["server_accuracy"] for r in reversed(rounds)
-                     if r.get("server_accuracy") is not None), None)
-    cols[2].metric("Server accuracy", "–" if last_acc is None else f"{last_acc:.1%}")
+    label, value = headline(run, metrics)
+    cols[2].metric(label, "–" if value is None else f"{value:.4g}")
     cols[3].metric("Nodes", len({r["node_id"] for r in results}))
     st.caption(md_escape(f"Started {utc(run['started_at'])}"
                          + (f", ended {utc(run['ended_at'])}" if run["ended_at"] else "")
                          + (f"; refreshing every {REFRESH_S:g} s while running" if live else "")))
+    if status == LOST:
+        st.error("This run stopped sending signs of life: its ServerApp was stopped, killed or "
+                 "crashed. `fedguard-server status` reconciles it with Flower.")
     if run.get("error"):
-        st.error(md_escape(f"Run {run['status']}: {run['error']}", limit=500))
-    _charts(rounds)
+        lines = [ln.strip() for ln in str(run["error"]).split("; ") if ln.strip()]
+        st.error(md_escape(f"Run {status}: {lines[0]}", limit=500))
+        for line in lines[1:20]:
+            st.markdown(f"- {md_escape(line, limit=400)}")
+    _charts(rounds, metrics)
 
     st.subheader("Node participation")
     if results:
@@ -233,6 +260,6 @@ def render() -> None:
     with st.expander(f"All runs ({len(runs)})", expanded=len(runs) > 1):
         st.dataframe(runs_table(runs), hide_index=True)
     run_id = pick_run(runs, key="training_run")
-    status = next(r["status"] for r in runs if str(r["run_id"]) == run_id)
-    every = REFRESH_S if status == "running" else None
+    status = next(shown_status(r, time.time()) for r in runs if str(r["run_id"]) == run_id)
+    every = REFRESH_S if status == RUNNING else None
     st.fragment(run_every=every)(run_view)(run_id, every is not None)
