@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import ssl
 import stat
 from pathlib import Path
@@ -21,17 +20,15 @@ from privacy.transport.certs import (
 )
 
 
-def _load_cli() -> Any:
-    """Import scripts/make_certs.py by path (scripts/ is not a package on sys.path)."""
-    path = Path(__file__).resolve().parent.parent / "scripts" / "make_certs.py"
-    spec = importlib.util.spec_from_file_location("make_certs", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def make_certs_main(argv: list[str]) -> int:
+    """`fedguard-server certs ...` as a function returning its exit code."""
+    from server.deploy.cli import main
 
+    try:
+        return main(["certs", *argv])
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
 
-make_certs_main = _load_cli().main
 
 
 def _sans(cert_path: Path) -> set[str]:
@@ -109,7 +106,7 @@ def test_cli_writes_files_and_reports_errors_in_one_line(
     assert _sans(out / "server.pem") == {"localhost"}
     assert make_certs_main(["--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("make_certs: error:") and "\n" not in err
+    assert err.startswith("fedguard-server: error:") and "\n" not in err
     assert make_certs_main(["--out", str(tmp_path / "x"), "--nodes", "-1"]) == 2
     assert make_certs_main(["--out", str(tmp_path / "y"), "--days", "0"]) == 2
     (tmp_path / "file").write_text("x")
