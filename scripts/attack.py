@@ -137,7 +137,7 @@ def run_config(args: argparse.Namespace, aggregator: str, condition: str, data_d
     cfg: dict[str, Any] = {
         "num-server-rounds": args.rounds,
         "data-dir": str(data_dir),
-        "fraction-evaluate": 0.0,
+        "federated-evaluation": False,
         "min-nodes": max(1, args.nodes - attackers),
         "partition": "dirichlet",
         "dirichlet-alpha": args.alpha,

@@ -25,18 +25,51 @@ settings.register_profile("fuzz", derandomize=False, database=None, deadline=Non
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def store_says_ended(data_dir: Path, run_id: str) -> Any:
+    """A cheap `ended()` for SuperLink.wait_finished: the run store says the run is over."""
+    path = Path(data_dir) / "runs.sqlite"
+
+    def ended() -> bool:
+        if not path.exists():
+            return False
+        store = RunStore(path, readonly=True)
+        try:
+            run = store.get_run(run_id)
+        finally:
+            store.close()
+        return run is not None and run["status"] != "running"
+
+    return ended
+
+
 def run_simulation(
-    workdir: Path, nodes: int, rounds: int, timeout: float = 300, **run_config: Any
+    workdir: Path, nodes: int, rounds: int, timeout: float = 300,
+    link: SuperLink | None = None, app: Path = ROOT, **run_config: Any
 ) -> tuple[str, str, RunStore]:
-    """Run the app in the Simulation Engine; return (Flower status, run id, store)."""
+    """Run the app in the Simulation Engine; return (Flower status, run id, store). With
+    `link`, the run goes to that (shared, module-scoped) simulation SuperLink."""
     data_dir = workdir / "store"
     cfg: dict[str, Any] = {"num-server-rounds": rounds, "data-dir": str(data_dir)}
     cfg.update({k.replace("_", "-"): v for k, v in run_config.items()})
-    with SuperLink(workdir / "flower", simulation=True) as sl:
-        rid = sl.submit(ROOT, cfg, {"num-supernodes": nodes, "client-resources-num-cpus": 1})
-        status = sl.wait_finished(rid, timeout)
-    run_id = str(cfg.get("resume") or rid)
+    own = link is None
+    sl = SuperLink(workdir / "flower", simulation=True).start() if own else link
+    assert sl is not None
+    try:
+        rid = sl.submit(app, cfg, {"num-supernodes": nodes, "client-resources-num-cpus": 1})
+        run_id = str(cfg.get("resume") or rid)
+        status = sl.wait_finished(rid, timeout, ended=store_says_ended(data_dir, run_id))
+    finally:
+        if own:
+            sl.stop()
     return status, run_id, RunStore.in_dir(cfg["data-dir"])
+
+
+@pytest.fixture(scope="module")
+def sim_link(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SuperLink]:
+    """One simulation SuperLink for a module whose runs do not interfere (each its own data
+    dir): starting one costs seconds of CPU, so tests share it."""
+    with SuperLink(tmp_path_factory.mktemp("sim-link"), simulation=True) as sl:
+        yield sl
 
 
 def wait_for(predicate: Any, timeout: float, what: str, poll: float = 0.3) -> None:

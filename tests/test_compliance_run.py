@@ -15,7 +15,7 @@ from tests.conftest import ROOT, run_simulation
 
 pytestmark = pytest.mark.slow
 
-DIGITS = ROOT / "clients" / "manifests" / "digits.toml"
+DIGITS = ROOT / "clients" / "tasks" / "manifests" / "digits.toml"
 
 
 def _fedguard_policy(*args: str) -> subprocess.CompletedProcess[str]:
@@ -32,7 +32,7 @@ def test_failing_node_is_excluded_and_the_run_completes_with_a_signed_record(tmp
     (mdir / "partition-0.toml").write_text(nc)  # non-commercial data in a commercial run
     status, run_id, store = run_simulation(
         tmp_path, nodes=3, rounds=2, manifest_dir=str(mdir), purpose="commercial",
-        min_nodes=2, fraction_evaluate=0.0)
+        min_nodes=2, federated_evaluation=False)
     assert status == "finished:completed"
     assert store.get_run(run_id)["status"] == "completed"
     (excluded,) = store.events(run_id, "node-excluded")

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 NODES = 3
 # Slow enough rounds that a kill right after a round is recorded hits the next round mid-flight.
-SLOW_ROUNDS = {"local-epochs": 20, "fraction-evaluate": 0.0, "min-nodes": 2,
+SLOW_ROUNDS = {"local-epochs": 20, "federated-evaluation": False, "min-nodes": 2,
                "policy-packs": "none"}
 
 

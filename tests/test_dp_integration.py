@@ -13,7 +13,7 @@ from tests.conftest import rows_by, run_simulation
 
 pytestmark = pytest.mark.slow
 
-DP = {"dp": True, "dp_epsilon": 2.0, "dp_delta": 1e-5, "fraction_evaluate": 0.0,
+DP = {"dp": True, "dp_epsilon": 2.0, "dp_delta": 1e-5, "federated_evaluation": False,
       "lr": 0.05, "batch_size": 32, "local_epochs": 1}
 
 
@@ -79,7 +79,7 @@ def test_spend_grows_across_rounds_and_runs_and_overspend_is_refused(tmp_path, c
 def test_dp_false_records_no_release(tmp_path) -> None:
     data_dir = tmp_path / "store"
     status, run_id, store = run_simulation(tmp_path, nodes=2, rounds=1, dp=False,
-                                           data_dir=str(data_dir), fraction_evaluate=0.0)
+                                           data_dir=str(data_dir), federated_evaluation=False)
     assert status == "finished:completed"
     assert all(r["epsilon"] is None for r in store.node_results(run_id))
     for path in _ledgers(data_dir):

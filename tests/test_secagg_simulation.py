@@ -10,7 +10,7 @@ from tests.conftest import run_simulation
 
 pytestmark = pytest.mark.slow
 
-BASE = {"fraction_evaluate": 0.0, "min_nodes": 3, "local_epochs": 1}
+BASE = {"federated_evaluation": False, "min_nodes": 3, "local_epochs": 1}
 
 
 def _accs(store, run_id):

@@ -110,3 +110,9 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     return fedguard.evaluate(msg, context)
+
+
+@app.query("admission")
+def admission(msg: Message, context: Context) -> Message:
+    """Attackers pass the gate like everyone: the attack is in the weights, not the paperwork."""
+    return fedguard.admission(msg, context)
