@@ -91,12 +91,6 @@ def train(msg: Message, context: Context) -> Message:
             return _refusal(msg, out.metrics, out.refusal)
         metrics = _clear_metrics(runtime, out)
         metrics[wire.WEIGHT_KEY] = metrics["num-examples"]
-        if "central-dp-noise" in msg.content[wire.CONFIG]:
-            from clients.training.user_dp import apply_user_level_dp
-
-            out.state, facts = apply_user_level_dp(state, out.state, msg.content[wire.CONFIG])
-            metrics.update(facts)
-            metrics[wire.WEIGHT_KEY] = 1.0  # user-level DP: every node counts the same
         content = RecordDict({wire.ARRAYS: ArrayRecord(out.state),
                               wire.METRICS: MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
@@ -231,6 +225,15 @@ def secagg_masked(msg: Message, context: Context) -> Message:
         state = msg.content[wire.ARRAYS].to_torch_state_dict()
         rnd = int(round_cfg.get("server-round", 0))
         evaluate_only = bool(round_cfg.get("evaluate-only", False))
+        if "user-dp-scale" in round_cfg and not evaluate_only:  # user-level DP: ring vector
+            vector, out = runtime.user_level(state, rnd, round_cfg)
+            if out.refusal:
+                return _refusal(msg, out.metrics, out.refusal)
+            content = wire.payload_record(handle(context, wire.record_payload(msg.content),
+                                                 vector))
+            _next(msg, context, content)
+            content[wire.METRICS] = MetricRecord(out.metrics)
+            return Message(content=content, reply_to=msg)
         if evaluate_only:
             from clients.training.node import TrainOutcome
 
@@ -241,11 +244,6 @@ def secagg_masked(msg: Message, context: Context) -> Message:
             if out.refusal:
                 return _refusal(msg, out.metrics, out.refusal)
         weight = 1.0 if cfg.dp or evaluate_only else out.metrics["num-examples"]
-        if "central-dp-noise" in round_cfg and not evaluate_only:
-            from clients.training.user_dp import apply_user_level_dp
-
-            out.state, _ = apply_user_level_dp(state, out.state, round_cfg)
-            weight = 1.0
         glob = {k: v.numpy() for k, v in state.items()}
         update = (np.zeros(sum(v.size for v in glob.values())) if evaluate_only
                   else state_delta({k: v.numpy() for k, v in out.state.items()}, glob))

@@ -12,6 +12,7 @@ import pytest
 
 from clients.node.cli import main as node_main
 from tests.conftest import ROOT, run_simulation
+from tests.helpers.grids import drive
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +24,8 @@ def _fedguard_policy(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
-def test_failing_node_is_excluded_and_the_run_completes_with_a_signed_record(tmp_path) -> None:
+def test_failing_node_is_excluded_and_the_run_completes_with_a_signed_record(
+        tmp_path, sim_link) -> None:
     mdir = tmp_path / "manifests"
     mdir.mkdir()
     for i in range(3):
@@ -31,7 +33,7 @@ def test_failing_node_is_excluded_and_the_run_completes_with_a_signed_record(tmp
     nc = DIGITS.read_text().replace('licence = "CC-BY-4.0"', 'licence = "CC-BY-NC-4.0"')
     (mdir / "partition-0.toml").write_text(nc)  # non-commercial data in a commercial run
     status, run_id, store = run_simulation(
-        tmp_path, nodes=3, rounds=2, manifest_dir=str(mdir), purpose="commercial",
+        tmp_path, nodes=3, rounds=2, link=sim_link, manifest_dir=str(mdir), purpose="commercial",
         min_nodes=2, federated_evaluation=False)
     assert status == "finished:completed"
     assert store.get_run(run_id)["status"] == "completed"
@@ -40,7 +42,10 @@ def test_failing_node_is_excluded_and_the_run_completes_with_a_signed_record(tmp
     bad = excluded["node_id"]
     trained = {r["node_id"] for r in store.node_results(run_id, "train")}
     assert bad not in trained and len(trained) == 2
-    v = {(r["rule_id"], r["node_id"]): r["verdict"] for r in store.verdicts(run_id)}
+    v = {(r.rule_id, r.node_id): r.verdict for r in store.verdicts(run_id)}
+    # the stored verdict carries what the UI shows: the explanation in both languages
+    assert next(r for r in store.verdicts(run_id) if r.rule_id == "P9.noncommercial-licence"
+                and r.node_id == bad).explain["zh"]
     assert v[("P9.noncommercial-licence", bad)] == "fail"
     assert len(store.manifests(run_id)) == 3
 
@@ -66,9 +71,10 @@ def test_failing_node_is_excluded_and_the_run_completes_with_a_signed_record(tmp
 
 def test_run_level_fail_never_starts_training(tmp_path) -> None:
     # A high-risk EU AI Act use with plain FedAvg has no poisoning defence (P7): blocked.
-    status, run_id, store = run_simulation(
-        tmp_path, nodes=2, rounds=2, policy_packs="baseline,eu-ai-act", high_risk=True)
-    assert status == "finished:completed"  # the ServerApp ended cleanly ...
+    status, store = drive(tmp_path, 3, {"policy-packs": "baseline,eu-ai-act", "high-risk": True,
+                                        "num-server-rounds": 2})
+    run_id = "1"
+    assert status == "blocked"  # the run ended cleanly ...
     run = store.get_run(run_id)
     assert run["status"] == "blocked" and "P7" in run["error"]  # ... without training
     assert store.rounds(run_id) == [] and store.node_results(run_id) == []
@@ -82,5 +88,6 @@ def test_manifest_init_writes_a_template_that_loads(tmp_path, capsys) -> None:
     from privacy.compliance.manifest import load_manifest
 
     assert load_manifest(out).records == 120
-    assert node_main(["manifest", "init", "--out", str(out)]) == 2
-    assert "--force" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        node_main(["manifest", "init", "--out", str(out)])
+    assert exit_.value.code == 2 and "--force" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""DP-SGD through the real app: ledger spend across rounds and runs, refusals, dp=false."""
+"""DP-SGD through the whole app (real driver, real ClientApp, in-process Grid): ledger spend
+across rounds and runs, refusals, dp=false."""
 
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ import pytest
 from clients.node.cli import main as node_main
 from privacy.dp.accounting import epsilon
 from privacy.dp.ledger import PrivacyLedger
-from tests.conftest import rows_by, run_simulation
+from tests.conftest import rows_by
+from tests.helpers.grids import drive
 
-pytestmark = pytest.mark.slow
-
-DP = {"dp": True, "dp_epsilon": 2.0, "dp_delta": 1e-5, "federated_evaluation": False,
-      "lr": 0.05, "batch_size": 32, "local_epochs": 1}
+DP = {"dp": True, "dp-epsilon": 2.0, "dp-delta": 1e-5, "federated-evaluation": False,
+      "lr": 0.05, "batch-size": 32, "local-epochs": 1, "num-server-rounds": 2}
 
 
 def _ledgers(data_dir):
@@ -23,9 +23,9 @@ def _ledgers(data_dir):
 
 def test_spend_grows_across_rounds_and_runs_and_overspend_is_refused(tmp_path, capsys) -> None:
     data_dir = tmp_path / "store"
-    common = {**DP, "data_dir": str(data_dir)}
-    status, run1, store = run_simulation(tmp_path / "a", nodes=3, rounds=2, **common)
-    assert status == "finished:completed"
+    status, store = drive(data_dir, 3, DP, run_id=11)
+    run1 = "11"
+    assert status == "completed"
     first = rows_by(store.node_results(run1, "train"), "node_id")
     assert len(first) == 3
     for rows in first.values():
@@ -48,9 +48,9 @@ def test_spend_grows_across_rounds_and_runs_and_overspend_is_refused(tmp_path, c
         highs.append(epsilon(rel + rel, 1e-5))
     budget = (max(lows) + min(highs)) / 2
     assert max(lows) < budget < min(highs)
-    status, run2, store = run_simulation(tmp_path / "b", nodes=3, rounds=2,
-                                         node_privacy_budget=budget, **common)
-    assert status == "finished:completed"  # the ServerApp ended cleanly ...
+    status, store = drive(data_dir, 3, {**DP, "node-privacy-budget": budget}, run_id=12)
+    run2 = "12"
+    assert status == "stopped"  # the run ended cleanly ...
     run = store.get_run(run2)
     assert run["status"] == "stopped" and "too few nodes" in run["error"]  # ... and says why
     refusals = store.events(run2, "node-refused")
@@ -78,15 +78,17 @@ def test_spend_grows_across_rounds_and_runs_and_overspend_is_refused(tmp_path, c
 
 def test_dp_false_records_no_release(tmp_path) -> None:
     data_dir = tmp_path / "store"
-    status, run_id, store = run_simulation(tmp_path, nodes=2, rounds=1, dp=False,
-                                           data_dir=str(data_dir), federated_evaluation=False)
-    assert status == "finished:completed"
+    status, store = drive(data_dir, 3, {**DP, "dp": False, "num-server-rounds": 1})
+    run_id = "1"
+    assert status == "completed"
     assert all(r["epsilon"] is None for r in store.node_results(run_id))
     for path in _ledgers(data_dir):
         assert PrivacyLedger(path, create=False).releases() == []
 
 
 def test_ledger_cli_errors_are_one_line(tmp_path, capsys) -> None:
-    assert node_main(["ledger", "--data-dir", str(tmp_path / "nowhere")]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        node_main(["ledger", "--data-dir", str(tmp_path / "nowhere")])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "no privacy ledger" in err and "\n" not in err

@@ -715,3 +715,25 @@ def test_two_overlapping_rounds_share_a_node_and_both_sums_are_right() -> None:
         assert result.contributors == tuple(cohort)
         _check(result, everyone, params)
     assert all(not states for states in store.values())
+
+
+def test_ring_mode_sums_integer_vectors_exactly_even_after_a_dropout() -> None:
+    """quant_bits=0: vectors already in Z_2^b (distributed DP's integer noise) are masked and
+    summed exactly, with no clipping or quantisation; a dropped node's masks still cancel."""
+    from privacy.dp.user_level import decode_sum, to_ring
+    from privacy.secagg import SecAggConfigError, SecAggInputError
+
+    rng = np.random.default_rng(7)
+    ints = {i: rng.integers(-(2**30), 2**30, size=40) for i in range(10, 18)}
+    params = resolve_params(len(ints), 40, quant_bits=0, mod_bits=48)
+    lost = 11
+    result = run_local_round({i: to_ring(v, 48) for i, v in ints.items()}, params,
+                             drop_after={"share_keys": {lost}})
+    expected = sum(v for i, v in ints.items() if i != lost)
+    assert lost not in result.contributors
+    assert result.total.dtype == np.uint64
+    assert np.array_equal(decode_sum(result.total, 1.0, 2**48), expected.astype(np.float64))
+    with pytest.raises(SecAggConfigError, match="needs mod_bits"):
+        resolve_params(8, 40, quant_bits=0)
+    with pytest.raises(SecAggInputError, match="uint64"):
+        run_local_round({i: v.astype(np.float64) for i, v in ints.items()}, params)

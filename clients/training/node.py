@@ -181,6 +181,42 @@ class NodeRuntime:
         return TrainOutcome(state_out, metrics, evaluation, diagnostics=diagnostics)
 
 
+    def user_level(self, state: State, server_round: int, config: Mapping[str, Any]
+                   ) -> tuple[Any, TrainOutcome]:
+        """User-level DP (central-dp): reserve the round in the ledger, train, then clip,
+        scale, round and add this node's Skellam share: the integer vector (in the ring) that
+        secure aggregation sums. Settled before it leaves the node; nothing else is sent."""
+        from clients.secagg import state_delta
+        from clients.training.privacy import dataset_fingerprint, fedguard_run_id, open_ledger
+        from privacy.dp.user_level import (
+            UserLevelPlan,
+            encode_user_update,
+            record_level_release,
+            reserve_user_level,
+            to_ring,
+        )
+
+        plan = UserLevelPlan.from_config(config)
+        ledger, source = open_ledger(self.data.train, self.node_config, self.cfg,
+                                     self.run_config)
+        decision = reserve_user_level(
+            ledger, plan, source=source, run_id=fedguard_run_id(self.cfg, self.flower_run_id),
+            round=server_round, num_records=len(self.data.train),  # type: ignore[arg-type]
+            fingerprint=dataset_fingerprint(self.data.train))
+        if not decision.allowed:
+            return None, TrainOutcome(None, {}, refusal=decision.message)
+        out = self.train(state, server_round, evaluate_first=False)
+        if out.refusal:
+            ledger.cancel(decision.reservations[0])  # nothing left the node
+            return None, out
+        glob = {k: v.numpy() for k, v in state.items()}
+        delta = state_delta({k: v.numpy() for k, v in out.state.items()}, glob)
+        vector = to_ring(encode_user_update(delta, plan), plan.ring_bits)
+        ledger.settle(decision.reservations[0], record_level_release(plan))
+        metrics = {k: v for k, v in out.metrics.items() if k.startswith("dp-epsilon")}
+        return vector, TrainOutcome(out.state, metrics)
+
+
 _RUNTIMES: dict[tuple[Any, ...], NodeRuntime] = {}
 
 

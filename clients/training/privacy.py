@@ -78,6 +78,18 @@ def dataset_fingerprint(data: Dataset[Any]) -> str:
     return h.hexdigest()
 
 
+def open_ledger(data: Dataset[Any], node_config: Mapping[str, Any], cfg: RunConfig,
+                run_config: Mapping[str, Any]) -> tuple[PrivacyLedger, str]:
+    """The node's ledger and the data source its budget belongs to (simulated nodes get
+    theirs from the run config)."""
+    home = node_home(node_config, run_config)
+    home.mkdir(parents=True, exist_ok=True)
+    ledger = PrivacyLedger(home / LEDGER_FILE)
+    source = data_source(node_config)
+    _simulated_budget(ledger, source, node_config, cfg, len(data))  # type: ignore[arg-type]
+    return ledger, source
+
+
 def metric_releases(cfg: RunConfig) -> int:
     """How many noisy federated evaluations a DP run makes (planned into its calibration)."""
     if not cfg.federated_evaluation or cfg.dp_eval == "off":
@@ -103,12 +115,8 @@ def open_session(
     dp_cfg = DPSGDConfig(enabled=True, target_epsilon=cfg.dp_epsilon, delta=cfg.dp_delta,
                          max_grad_norm=cfg.dp_max_grad_norm, accountant=cfg.dp_accountant,
                          grad_sample_mode=cfg.dp_grad_mode, secure_mode=cfg.dp_secure_mode)
-    home = node_home(node_config, run_config)
-    home.mkdir(parents=True, exist_ok=True)
-    ledger = PrivacyLedger(home / LEDGER_FILE)
-    source = data_source(node_config)
+    ledger, source = open_ledger(data, node_config, cfg, run_config)
     n = len(data)  # type: ignore[arg-type]
-    _simulated_budget(ledger, source, node_config, cfg, n)
     releases = metric_releases(cfg)
     spec = MetricsSpec(cfg.dp_eval_noise, loss_bound, metric_names) if releases else None
     return DPSGDSession(

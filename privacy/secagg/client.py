@@ -37,7 +37,7 @@ from privacy.secagg.messages import (
     UnmaskRequestMsg,
     UnmaskSharesMsg,
 )
-from privacy.secagg.params import SecAggParams, context_digest
+from privacy.secagg.params import SecAggParams, context_digest, ring_mode
 from privacy.secagg.quantize import quantize
 
 STATE_VERSION = 2
@@ -274,12 +274,15 @@ class SecAggClient:
         self._expect("shared")
         self._expect_round(msg.round_id)
         params, ctx, _ = self._round()
-        q, self.clipped = quantize(
-            self._check_vector(vector, params),
-            params.clip_range,
-            params.quant_bits,
-            params.stochastic_rounding,
-        )
+        if ring_mode(params):
+            q, self.clipped = self._ring_vector(vector, params), 0
+        else:
+            q, self.clipped = quantize(
+                self._check_vector(vector, params),
+                params.clip_range,
+                params.quant_bits,
+                params.stochastic_rounding,
+            )
         rejected: list[int] = []
         mask_keys: dict[int, bytes] = {}
         s_sk = X25519PrivateKey.from_private_bytes(self.s_sk)
@@ -305,6 +308,19 @@ class SecAggClient:
         self.stage = "masked"
         self.rejected = tuple(sorted(rejected))
         return MaskedInputMsg(self.node_id, acc, self.rejected)
+
+    @staticmethod
+    def _ring_vector(vector: np.ndarray, params: SecAggParams) -> np.ndarray:
+        arr = np.asarray(vector)
+        if arr.dtype != np.uint64 or arr.size != params.vector_length:
+            raise SecAggInputError(
+                f"ring input must be {params.vector_length} uint64 values, got {arr.size} of "
+                f"dtype {arr.dtype}; reduce the integer vector into Z_2^mod_bits first"
+            )
+        arr = arr.ravel()
+        if params.mod_bits < 64 and int(arr.max(initial=0)) >> params.mod_bits:
+            raise SecAggInputError(f"ring input has values outside Z_2^{params.mod_bits}")
+        return arr.copy()
 
     @staticmethod
     def _check_vector(vector: np.ndarray, params: SecAggParams) -> np.ndarray:

@@ -164,7 +164,7 @@ class SetupMsg(_Message):
         "threshold": _int(1, MAX_NODES),
         "min_survivors": _int(1, MAX_NODES),
         "clip_range": _float,
-        "quant_bits": _int(1, 64),
+        "quant_bits": _int(0, 64),
         "mod_bits": _int(1, 64),
         "vector_length": _int(1, MAX_VECTOR),
         "stochastic_rounding": _bool,

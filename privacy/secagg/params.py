@@ -29,6 +29,12 @@ MAX_QUANT_BITS = 48  # float64 must represent every quantisation level exactly
 MAX_MOD_BITS = 64  # arithmetic is done in numpy uint64
 
 
+def ring_mode(params: SecAggParams) -> bool:
+    """quant_bits == 0: inputs are already elements of Z_{2^mod_bits} (e.g. a distributed-DP
+    encoding with integer noise); they are masked and summed exactly, never quantised."""
+    return params.quant_bits == 0
+
+
 def min_mod_bits(num_nodes: int, quant_bits: int) -> int:
     """Smallest modulus width in which the sum of `num_nodes` quantised values cannot wrap."""
     return quant_bits + max(1, math.ceil(math.log2(num_nodes)))
@@ -127,11 +133,12 @@ class SecAggParams:
             )
         if not (math.isfinite(self.clip_range) and self.clip_range > 0):
             raise SecAggConfigError(f"clip_range={self.clip_range}: must be a positive number")
-        if not 1 <= self.quant_bits <= MAX_QUANT_BITS:
+        if not 0 <= self.quant_bits <= MAX_QUANT_BITS:
             raise SecAggConfigError(
-                f"quant_bits={self.quant_bits}: must be between 1 and {MAX_QUANT_BITS}"
+                f"quant_bits={self.quant_bits}: must be between 1 and {MAX_QUANT_BITS} (or 0 "
+                "for vectors already in the ring)"
             )
-        need = min_mod_bits(n, self.quant_bits)
+        need = min_mod_bits(n, self.quant_bits) if self.quant_bits else 8
         if not need <= self.mod_bits <= MAX_MOD_BITS:
             raise SecAggConfigError(
                 f"mod_bits={self.mod_bits}: the sum of {n} nodes at quant_bits={self.quant_bits} "
@@ -207,6 +214,8 @@ def resolve_params(
     if threshold is not None:
         t = int(threshold)
     survivors = max(int(min_nodes), min_survivors_floor(num_nodes, k, t, model))
+    if quant_bits == 0 and mod_bits is None:
+        raise SecAggConfigError("quant_bits=0 (ring inputs) needs mod_bits: the ring's size")
     mb = min_mod_bits(num_nodes, quant_bits) if mod_bits is None else int(mod_bits)
     return SecAggParams(
         num_nodes=num_nodes,

@@ -32,7 +32,7 @@ from privacy.secagg.messages import (
     UnmaskSharesMsg,
     decode,
 )
-from privacy.secagg.params import SecAggParams, context_digest
+from privacy.secagg.params import SecAggParams, context_digest, ring_mode
 from privacy.secagg.quantize import dequantize_sum
 
 _ORDER = ("setup", "keys", "shares", "masked", "unmask", "done")
@@ -40,7 +40,8 @@ _ORDER = ("setup", "keys", "shares", "masked", "unmask", "done")
 
 @dataclass(frozen=True)
 class SecAggResult:
-    """Outcome of a round: the de-quantised sum over `contributors` and why others left."""
+    """Outcome of a round: the sum over `contributors` (de-quantised floats; the exact uint64
+    sum in Z_2^mod_bits in ring mode) and why others left."""
 
     total: np.ndarray
     contributors: tuple[int, ...]
@@ -339,7 +340,8 @@ class SecAggServer:
         total = self._unmask_sum(seeds, keys)
         self.masked.clear()  # masked inputs are no longer needed
         p = self.params
-        result = dequantize_sum(total, len(self.survivors), p.clip_range, p.quant_bits)
+        result = total if ring_mode(p) else dequantize_sum(total, len(self.survivors),
+                                                            p.clip_range, p.quant_bits)
         return SecAggResult(result, self.survivors, dict(self.dropped))
 
     def _index(self, owner: int, holder: int) -> int:

@@ -36,16 +36,6 @@ def run_rounds(
 ) -> None:
     """Run `remaining` rounds after `run.round_offset`, then evaluate the final model."""
     arrays = ArrayRecord(run.initial_state())
-    round_config: dict[str, float | int] = {}
-    if cfg.central_dp:
-        from privacy.dp.accounting import Release, calibrate_noise, epsilon
-
-        noise = calibrate_noise(cfg.central_dp_epsilon, cfg.dp_delta, 1.0, cfg.num_server_rounds)
-        round_config = {"central-dp-noise": noise, "central-dp-clip": cfg.central_dp_clip}
-        run.event("central-dp", f"user-level DP: noise multiplier {noise:.4g}, clip "
-                  f"{cfg.central_dp_clip:g}, target epsilon {cfg.central_dp_epsilon:g} at delta "
-                  f"{cfg.dp_delta:g} over {cfg.num_server_rounds} rounds",
-                  data={"noise_multiplier": noise, "clip": cfg.central_dp_clip})
     nodes: list[int] = []
     rnd = run.round_offset
     for local in range(1, remaining + 1):
@@ -53,15 +43,10 @@ def run_rounds(
         start = time.monotonic()
         run.begin_round(rnd)
         nodes = rounds.cohort(grid, rnd)
-        config = ConfigRecord({"server-round": rnd, **round_config})
+        config = ConfigRecord({"server-round": rnd})
         new = rounds.train(grid, rnd, arrays, nodes, config)
         if new is not None:
             arrays = new
-        if cfg.central_dp:
-            run.round_extra(rnd, {"central_dp": {
-                "epsilon": epsilon([Release(noise, 1.0, rnd)], cfg.dp_delta),
-                "delta": cfg.dp_delta, "noise_multiplier": noise, "clip": cfg.central_dp_clip,
-                "accountant": "rdp", "unit": "user"}})
         metrics = run.end_round(rnd, arrays.to_torch_state_dict())
         head = run.task.headline
         value = metrics.get(f"server_{head}")

@@ -35,12 +35,14 @@ from privacy.secagg import (
     resolve_params,
     unpack_weighted,
 )
+from privacy.secagg.bounds import ThreatModel
 from privacy.secagg.wire import flatten_state, unflatten_state
-from server.rounds.replies import ReplySorter, error_reason
+from server.rounds.replies import ReplySorter, RunStopped, error_reason
 from server.run import FederatedRun
 from server.store.records import DROPPED, OK
 
 Sampler = Callable[[Grid, int], list[int]]
+RING_BITS = 48  # Z_2^48 for user-level DP's integer vectors (overflow bounded by the plan)
 
 
 @dataclass
@@ -66,12 +68,48 @@ class SecureRounds:
         self.last_round = last_round
         self.prepared: dict[int, Prepared] = {}
         self._cohorts: dict[int, list[int]] = {}
+        self.user_plan: Any = None  # user-level DP (central-dp): the run's Skellam plan
+        self._colluding = 0
+        self._shares: list[int] = []  # honest noise shares summed per round (accounting)
         self._size = 0
         self._rnd = 0
 
     @property
     def tail_size(self) -> int:
+        if self.cfg.central_dp:  # only the noisy update sum is released under user-level DP
+            return 0
         return (2 + len(self.names) if self.with_eval else 0) + (0 if self.cfg.dp else 2)
+
+    def _plan(self, nodes: list[int]) -> Any:
+        """User-level DP (distributed, Kairouz et al. 2021): each node's Skellam share is sized
+        for the fewest honest contributors a round can have (the secure sum's survivors floor
+        minus the nodes assumed to collude with the server); refused if that is none."""
+        from privacy.dp.user_level import calibrate_user_level, user_level_config_problem
+
+        n = len(nodes)
+        floor = resolve_params(n, self._size, min_nodes=self.cfg.min_nodes, quant_bits=0,
+                               mod_bits=RING_BITS).min_survivors
+        self._colluding = int(ThreatModel.corrupt_fraction * n)
+        honest = floor - self._colluding
+        problem = user_level_config_problem(secagg=True, min_contributors=max(honest, 1),
+                                            min_survivors=floor,
+                                            assumed_colluding=self._colluding)
+        if problem or honest < 1:
+            raise RunStopped(problem or f"user-level DP: {n} nodes leave no honest share after "
+                             f"{self._colluding} assumed colluding; add nodes")
+        plan = calibrate_user_level(self.cfg.central_dp_epsilon, self.cfg.dp_delta,
+                                    self.cfg.num_server_rounds, honest,
+                                    clip=self.cfg.central_dp_clip, dim=self._size,
+                                    max_contributors=n, ring_bits=RING_BITS)
+        self.run.event("central-dp", f"user-level DP: Skellam shares sized for {honest} honest "
+                       f"contributors of {n} ({self._colluding} assumed colluding), clip "
+                       f"{self.cfg.central_dp_clip:g}, target epsilon "
+                       f"{self.cfg.central_dp_epsilon:g} at delta {self.cfg.dp_delta:g} over "
+                       f"{self.cfg.num_server_rounds} rounds",
+                       data={"min_contributors": honest, "colluding": self._colluding,
+                             "share_variance": plan.share_variance, "scale": plan.scale,
+                             "ring_bits": plan.ring_bits})
+        return plan
 
     def cohort(self, grid: Grid, rnd: int) -> list[int]:
         """The round's nodes: fixed when its setup was sent with the previous round."""
@@ -82,10 +120,12 @@ class SecureRounds:
     # --- helpers ------------------------------------------------------------------------------
     def _new_server(self, nodes: list[int], rnd: int) -> SecAggServer:
         o = self.cfg.secagg_options
+        ring = {"quant_bits": 0, "mod_bits": RING_BITS} if self.cfg.central_dp else {
+            "clip_range": o["clip_range"], "quant_bits": int(o["quant_bits"])}
+        length = self._size if self.cfg.central_dp else self._size + 1 + self.tail_size
         params = resolve_params(
-            len(nodes), self._size + 1 + self.tail_size, min_nodes=self.cfg.min_nodes,
-            num_neighbours=o["neighbours"] or None, threshold=o["threshold"] or None,
-            clip_range=o["clip_range"], quant_bits=int(o["quant_bits"]))
+            len(nodes), length, min_nodes=self.cfg.min_nodes,
+            num_neighbours=o["neighbours"] or None, threshold=o["threshold"] or None, **ring)
         return SecAggServer(sorted(nodes), params, run_id=str(self.run.run_id), round_id=rnd)
 
     def _send(self, grid: Grid, messages: list[Message]) -> dict[int, Message]:
@@ -139,12 +179,16 @@ class SecureRounds:
         self._rnd = rnd
         glob = {k: v.numpy() for k, v in arrays.items()}
         self._size = int(flatten_state(glob).size)
+        if self.cfg.central_dp and self.user_plan is None:
+            self.user_plan = self._plan(nodes)
         prep = self.prepared.pop(rnd, None) or self._bootstrap(grid, rnd, nodes)
         nxt = self._next_round(grid, rnd, evaluate_only)
         nxt_setup = nxt[1].setup() if nxt else None
         nxt_nodes = set(nxt[0]) if nxt else set()
         config = ConfigRecord({**dict(config), "summary-names": self.names,
-                               "summary-eval": self.with_eval, "evaluate-only": evaluate_only})
+                               "summary-eval": self.with_eval and not self.cfg.central_dp,
+                               "evaluate-only": evaluate_only,
+                               **(self.user_plan.to_config() if self.user_plan else {})})
         # Exchange A: train + masked input; the next round's setup rides along.
         forwarded = prep.forwarded if prep else {}
         messages = []
@@ -225,7 +269,8 @@ class SecureRounds:
     def _next_round(self, grid: Grid, rnd: int, evaluate_only: bool
                     ) -> tuple[list[int], SecAggServer] | None:
         """The next round to prepare now: a training round, or the final secure evaluation."""
-        final_eval = self.with_eval and self.cfg.federated_evaluation
+        final_eval = (self.with_eval and self.cfg.federated_evaluation
+                      and not self.cfg.central_dp)
         if evaluate_only or rnd > self.last_round or (rnd == self.last_round and not final_eval):
             return None
         nodes = self.cohort(grid, rnd + 1)
@@ -244,6 +289,8 @@ class SecureRounds:
         for nid, why in result.dropped.items():
             if nid in clear:  # answered, but its input was not in the sum
                 self.run.node_result(rnd, nid, phase, DROPPED, {"reason": why})
+        if self.user_plan is not None and not evaluate_only:
+            return self._finish_user_level(rnd, glob, prep, result)
         total = np.asarray(result.total, dtype=np.float64)
         self._read_tail(rnd, total[self._size + 1:], evaluate_only)
         if evaluate_only:
@@ -273,6 +320,34 @@ class SecureRounds:
         new = unflatten_state(flatten_state(glob) + update, glob)
         return ArrayRecord(array_dict={k: Array(v) for k, v in new.items()})
 
+    def _finish_user_level(self, rnd: int, glob: Mapping[str, np.ndarray], prep: Prepared,
+                           result: Any) -> ArrayRecord | None:
+        """The mean of the nodes' noisy integer updates, and the epsilon of the noise actually
+        summed: honest shares = contributors minus the nodes assumed to collude."""
+        from privacy.dp.user_level import CentralDPError, achieved_epsilon, decode_sum
+
+        plan = self.user_plan
+        k = len(result.contributors)
+        self.sorter.require(rnd, k, self.cfg.min_nodes, "contributor(s)")
+        honest = k - self._colluding
+        try:
+            eps = achieved_epsilon(plan, [*self._shares, honest], self.cfg.dp_delta)
+        except CentralDPError as err:  # fewer honest shares than the noise was sized for
+            self.run.event("secagg-abort", f"round {rnd}: {err}; model unchanged", rnd)
+            return None
+        self._shares.append(honest)
+        update = decode_sum(np.asarray(result.total, dtype=np.uint64), plan.scale,
+                            plan.modulus) / k
+        self.run.round_extra(rnd, {
+            "secagg": {"contributors": [str(n) for n in result.contributors],
+                       "dropped": {str(n): why for n, why in result.dropped.items()},
+                       "threshold": prep.server.summary()["threshold"]},
+            "central_dp": {"epsilon": eps, "delta": self.cfg.dp_delta, "unit": "user",
+                           "honest_shares": honest, "min_contributors": plan.min_contributors,
+                           "mechanism": "skellam", "clip": plan.clip, "accountant": "rdp"}})
+        new = unflatten_state(flatten_state(glob) + update, glob)
+        return ArrayRecord(array_dict={k2: Array(v) for k2, v in new.items()})
+
     def _read_tail(self, rnd: int, tail: np.ndarray, evaluate_only: bool) -> None:
         """Summed evaluation (of the model the nodes received: after round rnd - 1) and
         training loss."""
@@ -292,7 +367,7 @@ class SecureRounds:
     def evaluate(self, grid: Grid, rnd: int, arrays: ArrayRecord, nodes: Iterable[int]) -> None:
         """Final federated evaluation, summed securely (an evaluate-only masked round whose
         setup travelled with the last training round)."""
-        if self.with_eval:
+        if self.with_eval and not self.cfg.central_dp:
             self.train(grid, rnd + 1, arrays, self.cohort(grid, rnd + 1),
                        ConfigRecord({"server-round": rnd + 1}), evaluate_only=True)
 

@@ -25,10 +25,11 @@ def wire(msg: Message) -> Message:
 class InProcessGrid(Grid):
     """Nodes `ids` hold partitions 0..n-1 of the run's bundled dataset."""
 
-    def __init__(self, ids: list[int], run_config: Mapping[str, Any]) -> None:
+    def __init__(self, ids: list[int], run_config: Mapping[str, Any], run_id: int = 1) -> None:
         self.ids = list(ids)
         self.contexts = {
-            nid: Context(run_id=1, node_id=nid, state=RecordDict(), run_config=dict(run_config),
+            nid: Context(run_id=run_id, node_id=nid, state=RecordDict(),
+                         run_config=dict(run_config),
                          node_config={"partition-id": i, "num-partitions": len(ids)})
             for i, nid in enumerate(self.ids)
         }
@@ -74,3 +75,36 @@ class InProcessGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> list[Message]:
         return list(self.pull_messages(self.push_messages(messages)))
+
+
+class AppGrid(InProcessGrid):
+    """Every message goes to fedguard's real ClientApp (`clients.client_app.app`), as Flower
+    would deliver it: the whole app in process, with the real server driver on top
+    (`server.driver.drive_run`). Nodes hold partitions 0..n-1; `lost` nodes never answer."""
+
+    def __init__(self, n: int, run_config: Mapping[str, Any], first_id: int = 100,
+                 run_id: int = 1) -> None:
+        super().__init__([first_id + i for i in range(n)], run_config, run_id)
+        self.lost: set[int] = set()
+
+    def deliver(self, msg: Message, context: Context) -> Message | None:
+        from clients.client_app import app
+
+        if context.node_id in self.lost:
+            return None
+        return app(message=msg, context=context)
+
+
+def drive(tmp_path: Any, n: int, run_config: Mapping[str, Any], mode: str = "simulation",
+          run_id: int = 1) -> tuple[str, Any]:
+    """One whole run in process: (final status, its run store)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from server.driver import drive_run
+    from server.store import RunStore
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 1, 1
+    cfg = {"data-dir": str(tmp_path), **dict(run_config)}
+    grid = AppGrid(n, cfg, run_id=run_id)
+    status = drive_run(grid, cfg, run_id, mode)
+    return status, RunStore.in_dir(tmp_path)
