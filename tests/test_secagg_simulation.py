@@ -54,7 +54,7 @@ def test_user_level_dp_records_the_noise_actually_summed(tmp_path) -> None:
     assert status == "completed", store.get_run("1")["error"]
     facts = [json.loads(r["extra"])["central_dp"] for r in store.rounds("1")]
     eps = [f["epsilon"] for f in facts]
-    assert eps == sorted(eps) and 0 < eps[0] and eps[-1] <= 8.0 + 1e-6
+    assert eps == sorted(eps) and eps[0] > 0 and eps[-1] <= 8.0 + 1e-6
     assert all(f["mechanism"] == "skellam" and f["unit"] == "user" for f in facts)
     # 4 contributors, 1 assumed colluding: 3 honest shares, more than the minimum planned
     assert all(f["honest_shares"] == 3 >= f["min_contributors"] for f in facts)
