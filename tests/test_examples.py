@@ -30,7 +30,7 @@ from privacy.compliance.manifest import load_manifest
 from privacy.compliance.provenance import load_record, verify_record
 from privacy.compliance.signing import read_public_key
 from privacy.dp.ledger import PrivacyLedger
-from server.deploy.superlink import SuperLink
+from server.deploy.superlink import LaunchError, SuperLink, check_declared
 from server.policy_cli import main as policy_main
 from server.store import RunStore
 from tests.conftest import ROOT
@@ -90,6 +90,16 @@ def test_readme_commands_set_only_declared_keys(name: str) -> None:
     keys = set(re.findall(r"--set \"?([a-z0-9-]+)=", text))
     assert keys, "the README shows no simulate.py --set command"
     assert keys <= set(declared(EXAMPLES / name)), keys - set(declared(EXAMPLES / name))
+
+
+def test_a_key_the_app_does_not_declare_is_refused_before_submitting() -> None:
+    app = EXAMPLES / "signal-cnn"
+    check_declared(app, {"signal-noise": 1.0, "dp": False})  # declared: fine
+    with pytest.raises(LaunchError) as exc:
+        check_declared(app, {"signal-nosie": 1.0})
+    assert str(exc.value) == (
+        f"run config key 'signal-nosie' is not declared in {app}/pyproject.toml "
+        "[tool.flwr.app.config]; add it there (Flower ignores undeclared keys)")
 
 
 @pytest.mark.parametrize("name", APPS)

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import IterableDataset, TensorDataset
 
 from clients.client_app import app as client_app
+from clients.node.manifest import ManifestMissing, manifest_bytes
 from clients.task import (
     NodeData,
     Task,
@@ -237,17 +238,32 @@ def load_data(ctx):
         y = y + 3  # classes 3..5 instead of 0..2
     return TensorDataset(x, y), TensorDataset(x, y)
 
-task = Task(model=lambda: nn.Linear(5, 3), load_data=load_data,
-            schema=TensorSchema((5,), num_classes=3), demo_manifest=None)
+def hits(out, y):
+    return {"accuracy": (out.argmax(1) == y).float(), "hit": (out.argmax(1) == y).float()}
+
+def task(ctx):  # a node given "old-version" runs a task version with another metric
+    return Task(model=lambda: nn.Linear(5, 3), load_data=load_data,
+                metrics=hits if ctx.node_config.get("old-version") else None,
+                schema=TensorSchema((5,), num_classes=3))
 '''
 
 
+class SilentGrid(AppGrid):
+    """Node `silent` never answers."""
+
+    silent: int | None = None
+
+    def deliver(self, msg: Message, context: Context) -> Message | None:
+        return None if context.node_id == self.silent else super().deliver(msg, context)
+
+
 def _gate(tmp_path: Path, user_app: Any, node_configs: dict[int, dict[str, Any]],
-          min_nodes: int) -> tuple[AdmissionGate, AppGrid]:
+          min_nodes: int, silent: int | None = None) -> tuple[AdmissionGate, AppGrid]:
     cfg = run_config(tmp_path, user_app(MISMATCH_TASK), min_nodes=min_nodes,
                      policy_packs="none")
     run, parsed = make_run(tmp_path / "store", cfg)
-    grid = AppGrid(NODE_IDS, cfg)
+    grid = SilentGrid(NODE_IDS, cfg)
+    grid.silent = silent
     for nid, extra in node_configs.items():
         grid.contexts[nid].node_config.update(extra)
     gate = AdmissionGate(run, policy_config(cfg, "simulation"), tmp_path / "store",
@@ -274,6 +290,27 @@ def test_schema_mismatch_excludes_that_node_and_admits_the_rest(tmp_path: Path,
                                                                          str(relabelled)}
     # Asking again (every round does) never re-admits an excluded node.
     assert gate.admit(grid, NODE_IDS) == {NODE_IDS[0], NODE_IDS[2]}
+
+
+def test_a_silent_node_and_a_node_on_another_task_version_are_excluded(
+        tmp_path: Path, user_app: Any) -> None:
+    silent, old = NODE_IDS[1], NODE_IDS[2]
+    gate, grid = _gate(tmp_path, user_app, {old: {"old-version": True}}, min_nodes=2,
+                       silent=silent)
+    gate.open(grid, wait=5)
+    assert gate.allowed == {NODE_IDS[0], NODE_IDS[3]}
+    assert gate.excluded[str(silent)] == f"node {silent}: did not answer the admission query"
+    assert gate.excluded[str(old)] == (
+        f"node {old}: its task reports metrics ['accuracy', 'hit'], the run's nodes "
+        "['accuracy']; run the same task version")
+
+
+def test_a_node_without_a_manifest_is_told_how_to_make_one() -> None:
+    with pytest.raises(ManifestMissing) as exc:
+        manifest_bytes({"data-path": "site.csv"}, {}, demo_manifest=None)
+    assert one_line(exc.value) == (
+        "this node has no data manifest; start it with --manifest FILE (create one with "
+        "`fedguard-node manifest init`)")
 
 
 def test_too_few_fitting_nodes_block_the_run_naming_each_excluded_node(tmp_path: Path,
@@ -331,7 +368,8 @@ BAD_MODULES = {
                        "TensorSchema num_classes=1: needs at least 2"),
     "syntax error": ("def broken(:\n    pass\n", "failed to import: SyntaxError: "),
     "missing dependency": ("import xgboost_is_not_installed_here\n",
-                           "needs 'xgboost_is_not_installed_here', which is not installed"),
+                           "failed to import: it needs 'xgboost_is_not_installed_here', which is "
+                           "not installed"),
     "exception at import": ("import json\nSETTINGS = json.loads('{bad json')\n",
                             "failed to import: JSONDecodeError: Expecting property name "
                             "enclosed in double quotes: line 1 column 2 (char 1) ("),
@@ -497,27 +535,57 @@ def test_context_for_simulation_and_real_nodes(tmp_path: Path) -> None:
     assert sim.resolve("/abs/x.csv") == Path("/abs/x.csv")
 
 
-# --- the docs list exactly the errors the code raises and these tests check ------------------
+# --- the docs: the complete example works; every listed error is raised and tested ----------
 DOCS = ROOT / "docs" / "tasks.md"
-SOURCES = [ROOT / "clients" / "task", ROOT / "clients" / "tasks", ROOT / "server" / "compliance"]
-TESTS = [Path(__file__), Path(__file__).with_name("test_tabular.py")]
+SOURCES = [ROOT / "clients" / d for d in ("task", "tasks", "node", "training")] + [
+    ROOT / "server" / d for d in ("compliance", "deploy")]
+TESTS = [Path(__file__)] + [Path(__file__).with_name(f"test_{n}.py")
+                            for n in ("tabular", "examples")]
+PLACEHOLDER = r"\{[^{}]*\}"
+
+
+def _flat(paths: list[Path]) -> str:
+    """Source text with implicitly concatenated string literals joined and \\" unescaped."""
+    text = "\n".join(p.read_text(encoding="utf-8") for p in paths)
+    return re.sub(r'"\s*\n\s*r?f?"', "", text).replace('\\"', '"')
 
 
 def documented_errors() -> list[str]:
-    """The message fragments of the error table in docs/tasks.md (first column, in `...`)."""
-    text = DOCS.read_text(encoding="utf-8")
-    section = text.split("## Errors", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"^\| `([^`]+)` \|", section, flags=re.M)
+    """The first column of the error table in docs/tasks.md: message fragments, `{...}` for
+    the parts that depend on the case."""
+    section = DOCS.read_text(encoding="utf-8").split("## Errors", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `((?:[^`]|\\`)+)` \|", section, flags=re.M)
+    return [r.replace("\\|", "|") for r in rows]
 
 
 def test_every_documented_error_is_raised_by_the_code_and_tested() -> None:
     errors = documented_errors()
-    assert len(errors) >= 40
-    code = "\n".join(p.read_text(encoding="utf-8") for d in SOURCES for p in d.glob("*.py"))
-    flat = re.sub(r'"\s*\n\s*f?"', "", code)  # join implicitly concatenated string literals
-    tests = "\n".join(p.read_text(encoding="utf-8") for p in TESTS)
-    tests_flat = re.sub(r'"\s*\n\s*f?"', "", tests)
+    assert len(errors) >= 60
+    code = _flat([p for d in SOURCES for p in sorted(d.glob("*.py"))])
+    tests = _flat(TESTS)
     for fragment in errors:
-        assert fragment in flat, f"docs/tasks.md lists {fragment!r}, which the code never says"
-        assert fragment in tests_flat, f"docs/tasks.md lists {fragment!r}, which no test checks"
+        parts = [re.escape(p) for p in re.split(PLACEHOLDER, fragment)]
+        assert re.search(PLACEHOLDER.join(parts), code), (
+            f"docs/tasks.md lists {fragment!r}, which the code never says")
+        assert re.search(".+?".join(parts), tests), (
+            f"docs/tasks.md lists {fragment!r}, which no test checks")
 
+
+def test_the_complete_task_in_the_docs_trains_with_dp(tmp_path: Path, user_app: Any) -> None:
+    text = DOCS.read_text(encoding="utf-8").split("## A complete task", 1)[1]
+    source = text.split("```python\n", 1)[1].split("```", 1)[0]
+    key = user_app(source)
+    cfg = run_config(tmp_path, key, dp=True, local_epochs=1, num_server_rounds=2)
+    cfg["hidden"] = 16
+    runtime = NodeRuntime(cfg, {"partition-id": 0, "num-partitions": 3}, 1)
+    assert runtime.check_data() == 160  # fits its schema, and Opacus can privatise the model
+    assert runtime.metric_names == ["accuracy", "top2-accuracy"]
+    state = runtime.task.build_model(runtime.ctx).state_dict()
+    out = runtime.train(state, 1, evaluate_first=True)
+    assert not out.refusal and out.metrics["dp-epsilon-spent"] > 0
+    assert sorted(out.evaluation.metrics) == ["accuracy", "top2-accuracy"]
+    csv = tmp_path / "site.csv"
+    rows = ["a,b,c,d,e,f,g,label"] + [",".join(["0.5"] * 7 + [str(i % 5)]) for i in range(10)]
+    csv.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    real = NodeRuntime(cfg, {"data-path": str(csv)}, 1)
+    assert real.check_data() == 8
