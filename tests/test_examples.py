@@ -140,6 +140,9 @@ def test_make_data_deals_every_row_once_in_files_that_fit_the_schema(
         manifest = load_manifest(out / f"partition-{i}.toml")
         assert manifest.records == len(node_rows)
         rows.update(tuple(map(str, r)) for r in node_rows)
+    assert policy_main(["check", "--mode", "simulation", "--run-config",
+                        str(EXAMPLES / name / "pyproject.toml"), "--manifest",
+                        str(out / "partition-0.toml"), "--out", str(tmp_path / "r.md")]) == 0
     _, server_rows = read_table(out / f"server.{fmt}")
     rows.update(tuple(map(str, r)) for r in server_rows)
     assert sum(rows.values()) == DATASET_ROWS[name]
