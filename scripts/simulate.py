@@ -31,7 +31,7 @@ from server.store import default_data_dir  # noqa: E402
 console = Console()
 BUNDLED = {"digits": "clients.tasks.digits:task",
            "breast-cancer": "clients.tasks.breast_cancer:task"}
-APP_PATH_KEYS = ("tabular-schema", "tabular-sim-data", "tabular-server-data")
+APP_PATH_KEYS = ("tabular-schema", "tabular-sim-data", "tabular-server-data", "manifest-dir")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

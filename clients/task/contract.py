@@ -169,6 +169,9 @@ class Task:
             if not callable(getattr(self, attr)):
                 raise TaskError(f"Task.{attr} must be a function or class, got "
                                 f"{type(getattr(self, attr)).__name__}")
+        if isinstance(self.model, nn.Module):  # callable, but one shared instance
+            raise TaskError(f"Task.model is a {type(self.model).__name__} instance; pass what "
+                            "builds a fresh one, e.g. model=Net, not model=Net()")
         for attr in ("metrics", "optimizer", "server_data"):
             value = getattr(self, attr)
             if value is not None and not callable(value):

@@ -125,8 +125,8 @@ class TabularSchema:
             label = Label(raw_label["name"], classes=_names(f"{where} [label].classes",
                                                             raw_label["classes"]))
         elif "range" in raw_label:
-            label = Label(raw_label["name"], *_range(f"{where} [label].range",
-                                                     raw_label["range"]))
+            lo, hi = _range(f"{where} [label].range", raw_label["range"])
+            label = Label(raw_label["name"], lo=lo, hi=hi)
         else:
             raise TaskError(f"{where}: [label] needs classes = [...] (classification) or "
                             "range = [low, high] (regression)")
