@@ -104,7 +104,7 @@ def drive(tmp_path: Any, n: int, run_config: Mapping[str, Any], mode: str = "sim
     from server.store import RunStore
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 1, 1
-    cfg = {"data-dir": str(tmp_path), **dict(run_config)}
+    cfg = {**dict(run_config), "data-dir": str(tmp_path)}
     grid = AppGrid(n, cfg, run_id=run_id)
     status = drive_run(grid, cfg, run_id, mode)
     return status, RunStore.in_dir(tmp_path)
