@@ -68,3 +68,33 @@ def test_undecided_facts_stay_undecided_for_the_policy() -> None:
     assert view["gpai-systemic-risk"] == "" and view["gpai-training-flop"] == ""
     assert view["audit-log"] is True and view["mode"] == "deployment"
     assert RunConfig.parse({"gpai-training-flop": 2e25}).gpai_training_flop == 2e25
+
+
+def test_offline_check_judges_exactly_what_the_server_judges(tmp_path: Path) -> None:
+    """Issue 13: a partial run.toml (no batch-size, no min-nodes) used to fail P4 offline while
+    the same run passed on the server, which fills in the app's defaults."""
+    import json
+
+    from privacy.compliance.manifest import load_manifest
+    from privacy.compliance.policy import run_policy_gate
+    from server.policy_cli import main as policy_main
+
+    run_toml = tmp_path / "run.toml"
+    run_toml.write_text('dp = true\nsecagg = true\ntls = true\nnode-auth = true\n'
+                        'policy-packs = "baseline"\n', encoding="utf-8")
+    manifest = ROOT / "clients" / "tasks" / "manifests" / "digits.toml"
+    out = tmp_path / "report.json"
+    policy_main(["check", "--run-config", str(run_toml), "--manifest", f"n1={manifest}",
+                 "--json", "--out", str(out), "--today", "2026-12-01"])
+    offline = {(v["rule_id"], v["node"]): v["status"]
+               for v in json.loads(out.read_text(encoding="utf-8"))["verdicts"]}
+    import tomllib
+    from datetime import date
+
+    server_view = policy_config(tomllib.loads(run_toml.read_text()), "deployment")
+    report = run_policy_gate(server_view, {"n1": load_manifest(manifest)}, tmp_path,
+                             today=date(2026, 12, 1))
+    server = {(v.rule_id, v.node): v.status for v in report.verdicts}
+    assert offline == server
+    p4 = [status for (rule, _), status in offline.items() if rule.startswith("P4")]
+    assert p4 and "fail" not in p4  # batch-size and the rest came from the schema's defaults

@@ -96,8 +96,9 @@ class AppGrid(InProcessGrid):
 
 
 def drive(tmp_path: Any, n: int, run_config: Mapping[str, Any], mode: str = "simulation",
-          run_id: int = 1) -> tuple[str, Any]:
-    """One whole run in process: (final status, its run store)."""
+          run_id: int = 1, node_config: Mapping[str, Any] | None = None) -> tuple[str, Any]:
+    """One whole run in process: (final status, its run store). `node_config` entries are
+    added to every node's (a value may use {i} for the node's index)."""
     from flwr.supercore.task_identity import TaskIdentity
 
     from server.driver import drive_run
@@ -106,5 +107,8 @@ def drive(tmp_path: Any, n: int, run_config: Mapping[str, Any], mode: str = "sim
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 1, 1
     cfg = {**dict(run_config), "data-dir": str(tmp_path)}
     grid = AppGrid(n, cfg, run_id=run_id)
+    for i, context in enumerate(grid.contexts.values()):
+        context.node_config.update({k: v.format(i=i) if isinstance(v, str) else v
+                                    for k, v in (node_config or {}).items()})
     status = drive_run(grid, cfg, run_id, mode)
     return status, RunStore.in_dir(tmp_path)
