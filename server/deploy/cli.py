@@ -9,9 +9,10 @@
     fedguard-server stop RUN_ID
 
 Every subcommand but `start` and `certs` talks to the SuperLink `start` left in `--home`
-(default $FEDGUARD_SERVER_HOME, else ./.fedguard-server). `run` adds the facts only the
-coordinator knows (TLS, node authentication) to the run config, so the policy gate judges the
-deployment as it is; `--insecure` deployments are recorded as such.
+(default $FEDGUARD_SERVER_HOME, else ./.fedguard-server). `run` submits through
+`SuperLink.submit`, which adds the facts only the coordinator knows (TLS, node authentication)
+to the run config, so the policy gate judges the deployment as it is; `--insecure` deployments
+are recorded as such (and baseline rule P5 blocks them).
 """
 
 from __future__ import annotations
