@@ -193,7 +193,7 @@ def wait_run(sl: SuperLink, flower_id: int, data_dir: Path, timeout: float) -> s
     while time.monotonic() < deadline:
         if _store_status(data_dir, str(flower_id)) in ("completed", "failed", "stopped"):
             return sl.wait_finished(flower_id, max(1.0, min(120.0, deadline - time.monotonic())),
-                                    poll=2.0)
+                                    ended=lambda: True)
         if time.monotonic() - last_ask > 15.0:
             status = sl.run_status(flower_id)
             last_ask = time.monotonic()

@@ -21,7 +21,8 @@ def test_two_real_nodes_run_two_rounds(tmp_path, superlink) -> None:
         data_dir = tmp_path / "store"
         # Insecure transport fails policy P5, so this plain run switches the gate off.
         rid = superlink.submit(ROOT, {"num-server-rounds": 2, "data-dir": str(data_dir),
-                                      "federated-evaluation": True, "policy-packs": "none"})
+                                      "federated-evaluation": True, "policy-packs": "none",
+                                          "min-nodes": 2})
         status = superlink.wait_finished(rid, timeout=300)
         assert all(n.alive() for n in nodes)
     finally:

@@ -34,7 +34,7 @@ def test_tls_authenticated_secagg_run_refuses_unregistered_node(tmp_path) -> Non
             # Two nodes only to keep the test small: policy P6 wants 3 with secagg, so its
             # threshold is lowered for this run (and the override is on the record).
             rid = sl.submit(ROOT, {"num-server-rounds": 2, "data-dir": str(data_dir),
-                                   "secagg": True, "federated-evaluation": False,
+                                   "secagg": True, "federated-evaluation": False, "min-nodes": 2,
                                    "policy-params": "baseline.secagg-min-nodes=2"})
             status = sl.wait_finished(rid, timeout=400)
         finally:

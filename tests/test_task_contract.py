@@ -251,16 +251,27 @@ def task(ctx):  # a node given "old-version" runs a task version with another me
 
 
 class SilentGrid(AppGrid):
-    """Node `silent` never answers."""
+    """Node `silent` holds its replies back until `release()` (a node still starting up)."""
 
     silent: int | None = None
+    held: list[tuple[str, Message]] = []
 
     def deliver(self, msg: Message, context: Context) -> Message | None:
-        return None if context.node_id == self.silent else super().deliver(msg, context)
+        reply = super().deliver(msg, context)
+        if context.node_id == self.silent and reply is not None:
+            self.held = [*self.held, (msg.metadata.message_id, reply)]
+            return None
+        return reply
+
+    def release(self) -> None:
+        for mid, reply in self.held:
+            self._replies[mid] = reply
+        self.held = []
 
 
 def _gate(tmp_path: Path, user_app: Any, node_configs: dict[int, dict[str, Any]],
-          min_nodes: int, silent: int | None = None) -> tuple[AdmissionGate, AppGrid]:
+          min_nodes: int, silent: int | None = None,
+          timeout: float = 10) -> tuple[AdmissionGate, SilentGrid]:
     cfg = run_config(tmp_path, user_app(MISMATCH_TASK), min_nodes=min_nodes,
                      policy_packs="none")
     run, parsed = make_run(tmp_path / "store", cfg)
@@ -269,7 +280,7 @@ def _gate(tmp_path: Path, user_app: Any, node_configs: dict[int, dict[str, Any]]
     for nid, extra in node_configs.items():
         grid.contexts[nid].node_config.update(extra)
     gate = AdmissionGate(run, policy_config(cfg, "simulation"), tmp_path / "store",
-                         AuditLog(tmp_path / "audit.jsonl"), timeout=10,
+                         AuditLog(tmp_path / "audit.jsonl"), timeout=timeout,
                          min_nodes=parsed.min_nodes, mode="simulation")
     return gate, grid
 
@@ -294,17 +305,37 @@ def test_schema_mismatch_excludes_that_node_and_admits_the_rest(tmp_path: Path,
     assert gate.admit(grid, NODE_IDS) == {NODE_IDS[0], NODE_IDS[2]}
 
 
-def test_a_silent_node_and_a_node_on_another_task_version_are_excluded(
+def test_a_silent_node_joins_when_it_answers_and_another_task_version_is_excluded(
         tmp_path: Path, user_app: Any) -> None:
     silent, old = NODE_IDS[1], NODE_IDS[2]
     gate, grid = _gate(tmp_path, user_app, {old: {"old-version": True}}, min_nodes=2,
-                       silent=silent)
+                       silent=silent, timeout=0.5)
     gate.open(grid, wait=5)
     assert gate.allowed == {NODE_IDS[0], NODE_IDS[3]}
-    assert gate.excluded[str(silent)] == f"node {silent}: did not answer the admission query"
+    assert gate.silent[str(silent)] == (
+        f"node {silent}: did not answer the admission query within 0.5 s; it joins the round "
+        "after it answers")
+    assert str(silent) not in gate.excluded
     assert gate.excluded[str(old)] == (
         f"node {old}: its task reports metrics ['accuracy', 'hit'], the run's nodes "
         "['accuracy']; run the same task version")
+    # A node busy starting up answers late: the next round admits it, without asking again.
+    assert gate.admit(grid, NODE_IDS) == {NODE_IDS[0], NODE_IDS[3]}
+    grid.release()
+    assert gate.admit(grid, NODE_IDS) == {NODE_IDS[0], NODE_IDS[1], NODE_IDS[3]}
+    assert not gate.silent
+    kinds = [e["kind"] for e in gate.run.store.events(gate.run.run_id)]
+    assert "node-silent" in kinds and "node-answered" in kinds
+
+
+def test_too_few_nodes_with_a_silent_one_wait_for_it_then_name_it(
+        tmp_path: Path, user_app: Any) -> None:
+    silent = NODE_IDS[1]
+    gate, grid = _gate(tmp_path, user_app, {n: {"old-version": True} for n in NODE_IDS[2:]},
+                       min_nodes=2, silent=silent, timeout=0.2)
+    with pytest.raises(GateFailed) as exc:
+        gate.open(grid, wait=1.5)  # not at once: the silent node may still answer
+    assert f"node {silent}: did not answer the admission query" in str(exc.value)
 
 
 def test_a_node_without_a_manifest_is_told_how_to_make_one() -> None:
@@ -579,11 +610,12 @@ def test_the_complete_task_in_the_docs_trains_with_dp(tmp_path: Path, user_app: 
     key = user_app(source)
     cfg = run_config(tmp_path, key, dp=True, local_epochs=1, num_server_rounds=2)
     cfg["hidden"] = 16
+    cfg["dp-eval"] = "every"  # under DP the received model is evaluated (noisily) from round 2
     runtime = NodeRuntime(cfg, {"partition-id": 0, "num-partitions": 3}, 1)
     assert runtime.check_data() == 160  # fits its schema, and Opacus can privatise the model
     assert runtime.metric_names == ["accuracy", "top2-accuracy"]
     state = runtime.task.build_model(runtime.ctx).state_dict()
-    out = runtime.train(state, 1, evaluate_first=True)
+    out = runtime.train(state, 2, evaluate_first=True)
     assert not out.refusal and out.metrics["dp-epsilon-spent"] > 0
     assert sorted(out.evaluation.metrics) == ["accuracy", "top2-accuracy"]
     csv = tmp_path / "site.csv"

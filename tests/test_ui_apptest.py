@@ -176,7 +176,7 @@ def test_training_shows_rounds_nodes_privacy_settings_and_events(home: RecordedR
     # every metric the task reported gets a chart, one a task named itself included
     assert {"loss", "accuracy", "recall-cancer", "Events"} <= {s.value for s in at.subheader}
     assert "examples" not in {s.value for s in at.subheader}
-    assert at.metric[2].label == "Server accuracy" and at.metric[2].value == "0.87"
+    assert at.metric[2].label == "Server accuracy" and at.metric[2].value == "87.0%"
     frames = {tuple(df.value.columns)[:2]: df.value for df in at.dataframe}
     nodes = frames[("node", "rounds trained")]
     assert list(nodes["node"]) == list(NODES)
@@ -547,3 +547,12 @@ def test_provenance_odd_records_fail_with_reasons(home: RecordedRun, record: dic
     at.button(key="provenance_verify_upload").click().run()
     assert not at.exception
     assert at.error[0].value.startswith("Verification failed")
+
+
+def test_headline_values_read_as_people_read_them() -> None:
+    from assistant.ui.training import shown_value
+
+    assert shown_value("Server accuracy", 0.8734) == "87.3%"
+    assert shown_value("Federated recall-cancer", 1.0) == "100.0%"
+    assert shown_value("Server mae", 40.41) == "40.41"  # an error in the label's unit
+    assert shown_value("Server accuracy", None) == "–"

@@ -141,7 +141,7 @@ def test_training_page_refreshes_a_running_run(
 ) -> None:
     _open(page, f"{app_url}/training?run={LIVE_RUN_ID}")
     page.get_by_text("No round has finished yet").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
-    page.get_by_text("0/5", exact=True).wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    page.get_by_test_id("stMetricValue").get_by_text("0/5", exact=True).wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
     store = RunStore.in_dir(store_dir)
     try:
         store.record_round(LIVE_RUN_ID, 1, time.time(), 3, {"server_loss": 1.5,
@@ -150,7 +150,7 @@ def test_training_page_refreshes_a_running_run(
         store.close()
     # No reload: the page's fragment re-reads the store every few seconds while running.
     page.get_by_text("42.0%", exact=True).wait_for(timeout=30_000)  # type: ignore[attr-defined]
-    page.get_by_text("1/5", exact=True).wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    page.get_by_test_id("stMetricValue").get_by_text("1/5", exact=True).wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
 
 
 def test_policy_page(app_url: str, page: object, shots: Path) -> None:

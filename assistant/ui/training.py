@@ -29,6 +29,19 @@ SETTINGS = (
 )
 
 
+RATES = ("accuracy", "recall", "precision", "f1", "auc", "specificity", "sensitivity")
+
+
+def shown_value(name: str, value: float | None) -> str:
+    """A headline value as people read it: rates (accuracy, recall, ...) in [0, 1] as percents,
+    anything else (a loss, an error in the label's unit) as a number."""
+    if value is None:
+        return "–"
+    if 0.0 <= value <= 1.0 and any(r in name.lower() for r in RATES):
+        return f"{value:.1%}"
+    return f"{value:.4g}"
+
+
 def runs_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(
         [
@@ -195,7 +208,7 @@ def run_view(run_id: str, was_live: bool = False) -> None:
     cols[0].metric("Status", status)
     cols[1].metric("Rounds", f"{run['last_round']}/{run['num_rounds']}")
     label, value = headline(run, metrics)
-    cols[2].metric(label, "–" if value is None else f"{value:.4g}")
+    cols[2].metric(label, shown_value(label, value))
     cols[3].metric("Nodes", len({r["node_id"] for r in results}))
     st.caption(md_escape(f"Started {utc(run['started_at'])}"
                          + (f", ended {utc(run['ended_at'])}" if run["ended_at"] else "")

@@ -67,22 +67,18 @@ def verdict_records(report: PolicyReport) -> list[VerdictRecord]:
             for v in report.verdicts]
 
 
-def request_admission(grid: Grid, node_ids: Iterable[int], timeout: float) -> dict[str, Any]:
-    """Ask nodes for their manifest and data check; silent or failing nodes are absent."""
-    messages = [
-        Message(content=RecordDict({wire.CONFIG: ConfigRecord({})}), dst_node_id=nid,
-                message_type=wire.ADMISSION_QUERY)
-        for nid in node_ids
-    ]
-    out: dict[str, Any] = {}
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        node = str(reply.metadata.src_node_id)
-        if reply.has_error():
-            out[node] = {"error": (reply.error.reason or "").strip().splitlines()[-1:] or [""]}
-            continue
-        rec = reply.content.config_records.get(wire.ADMISSION)
-        out[node] = dict(rec) if rec is not None else {}
-    return out
+def admission_queries(node_ids: Iterable[int]) -> list[Message]:
+    """The admission query: each node answers with its manifest and its data check."""
+    return [Message(content=RecordDict({wire.CONFIG: ConfigRecord({})}), dst_node_id=nid,
+                    message_type=wire.ADMISSION_QUERY) for nid in node_ids]
+
+
+def read_answer(reply: Message) -> dict[str, Any]:
+    """One admission answer; an error reply becomes {"error": [last line of the reason]}."""
+    if reply.has_error():
+        return {"error": (reply.error.reason or "").strip().splitlines()[-1:] or [""]}
+    rec = reply.content.config_records.get(wire.ADMISSION)
+    return dict(rec) if rec is not None else {}
 
 
 class AdmissionGate:
@@ -102,6 +98,10 @@ class AdmissionGate:
         self.allowed: set[int] = set()
         self.checked: set[int] = set()
         self.excluded: dict[str, str] = {}  # node -> one line: rule, check, fix
+        # Nodes that did not answer within the timeout (a node still starting its ClientApp,
+        # a busy machine): their query stays out, and they join the round after they answer.
+        self.silent: dict[str, str] = {}  # node -> one line
+        self._pending: dict[str, int] = {}  # admission message id -> node
         self.manifest_sha: dict[str, str] = {}
         # every manifest seen so far: facts across nodes (who receives the model, foreign
         # parties) are judged over the whole federation, not one batch of newcomers
@@ -128,8 +128,9 @@ class AdmissionGate:
             if len(eligible) >= self.min_nodes:
                 return
             all_present = self.mode == "simulation" or len(connected) >= self.min_nodes
+            decided = not self.silent  # a silent node may still answer before the deadline
             now = time.monotonic()
-            if (all_present and self.excluded) or now >= deadline:
+            if (all_present and decided and self.excluded) or now >= deadline:
                 raise GateFailed(self._shortfall(len(eligible), len(connected), now >= deadline,
                                                  wait))
             if now >= next_log:
@@ -144,11 +145,14 @@ class AdmissionGate:
         if timed_out and not self.excluded:
             head += f" (waited {wait:.0f} s for nodes to connect; raise node-wait-timeout)"
         lines = [self.excluded[n] for n in sorted(self.excluded)]
+        lines += [self.silent[n] for n in sorted(self.silent)]
         return "; ".join([head, *lines])
 
     def admit(self, grid: Grid, node_ids: Iterable[int]) -> set[int]:
         """Check nodes not seen before; return the ones allowed to train."""
         ids = set(node_ids)
+        if self._pending:  # late answers, without waiting for them
+            self._judge(self._collect(grid, 0.0), late=True)
         new = sorted(ids - self.checked)
         if new:
             self._check(grid, new)
@@ -159,17 +163,48 @@ class AdmissionGate:
         self.run.node_result(0, nid, "admission", "excluded", {"reason": line, "rules": rules})
         self.run.event("node-excluded", line, 0, nid, {"rules": rules})
 
+    def _collect(self, grid: Grid, timeout: float) -> dict[str, dict[str, Any]]:
+        """Answers to pending admission queries by node, polling up to `timeout` seconds.
+        (A reply is matched by the query it answers: the SuperLink answers for a dead node
+        from its own id.)"""
+        deadline = time.monotonic() + timeout
+        answers: dict[str, dict[str, Any]] = {}
+        delay = 0.02
+        while self._pending:
+            for reply in grid.pull_messages(list(self._pending)):
+                nid = self._pending.pop(reply.metadata.reply_to_message_id, None)
+                if nid is not None:
+                    answers[str(nid)] = read_answer(reply)
+            if not self._pending or time.monotonic() >= deadline:
+                break
+            time.sleep(delay)
+            delay = min(0.5, delay * 2)
+        return answers
+
     def _check(self, grid: Grid, node_ids: list[int]) -> None:
         self.checked.update(node_ids)
-        answers = request_admission(grid, node_ids, self.timeout)
-        data_ok: list[int] = []
+        mids = list(grid.push_messages(admission_queries(node_ids)))
+        self._pending.update(zip(mids, node_ids, strict=False))
+        answers = self._collect(grid, self.timeout)
         for nid in node_ids:
-            key = str(nid)
-            answer = answers.get(key)
-            if answer is None or "error" in answer:
-                why = "did not answer the admission query" if answer is None else (
-                    f"failed the admission query: {answer['error'][0]}")
-                self._exclude(nid, f"node {nid}: {why}", ["admission"])
+            if str(nid) not in answers:
+                line = (f"node {nid}: did not answer the admission query within "
+                        f"{self.timeout:g} s; it joins the round after it answers")
+                self.silent[str(nid)] = line
+                self.run.event("node-silent", line, 0, nid)
+        self._judge(answers)
+
+    def _judge(self, answers: Mapping[str, Any], late: bool = False) -> None:
+        """Admit or exclude the nodes that answered."""
+        data_ok: list[int] = []
+        for key, answer in sorted(answers.items()):
+            nid = int(key)
+            if self.silent.pop(key, None) is not None and late:
+                self.run.event("node-answered", f"node {nid} answered the admission query "
+                               "late", 0, nid)
+            if "error" in answer:
+                self._exclude(nid, f"node {nid}: failed the admission query: "
+                              f"{answer['error'][0]}", ["admission"])
                 continue
             if answer.get("data-error"):
                 self._exclude(nid, f"node {nid}: data does not fit the run's task: "
