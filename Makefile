@@ -27,9 +27,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
+# Two workers (CI has 2 cores); a file's tests stay on one worker, so its module fixtures (a
+# SuperLink, the Streamlit app) start once.
 test: $(STAMP) browser
 	$(BIN)/ruff check .
-	FEDGUARD_SCREENSHOT_DIR=$(CURDIR)/artifacts/screenshots $(BIN)/python -m pytest
+	FEDGUARD_SCREENSHOT_DIR=$(CURDIR)/artifacts/screenshots $(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not integration and not browser"

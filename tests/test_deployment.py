@@ -6,7 +6,7 @@ import pytest
 
 from clients.node.supernode import SuperNode
 from server.store import RunStore
-from tests.conftest import ROOT, rows_by
+from tests.conftest import ROOT, rows_by, store_says_ended
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -23,7 +23,7 @@ def test_two_real_nodes_run_two_rounds(tmp_path, superlink) -> None:
         rid = superlink.submit(ROOT, {"num-server-rounds": 2, "data-dir": str(data_dir),
                                       "federated-evaluation": True, "policy-packs": "none",
                                           "min-nodes": 2})
-        status = superlink.wait_finished(rid, timeout=300)
+        status = superlink.wait_finished(rid, 300, ended=store_says_ended(data_dir, str(rid)))
         assert all(n.alive() for n in nodes)
     finally:
         for n in nodes:

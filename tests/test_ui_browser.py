@@ -144,8 +144,10 @@ def test_training_page_refreshes_a_running_run(
     page.get_by_test_id("stMetricValue").get_by_text("0/5", exact=True).wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
     store = RunStore.in_dir(store_dir)
     try:
+        # as FederatedRun.end_round writes a round: the row, then its named metrics
         store.record_round(LIVE_RUN_ID, 1, time.time(), 3, {"server_loss": 1.5,
                            "server_accuracy": 0.42}, "round-0001.pt", "0" * 64)
+        store.record_round_metrics(LIVE_RUN_ID, 1, "server", {"loss": 1.5, "accuracy": 0.42})
     finally:
         store.close()
     # No reload: the page's fragment re-reads the store every few seconds while running.

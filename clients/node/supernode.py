@@ -47,8 +47,7 @@ class SuperNode:
     node_config: Mapping[str, Any]
     workdir: Path
     root_certificates: Path | None = None
-    auth_private_key: Path | None = None
-    auth_public_key: Path | None = None
+    auth_private_key: Path | None = None  # Flower derives the public key from it
     port: int = field(default_factory=free_port)  # the SuperNode's Runtime API
     warm: bool = True
     flwr_home: Path | None = None
@@ -77,8 +76,6 @@ class SuperNode:
             cmd.append("--insecure")
         if self.auth_private_key:
             cmd += ["--auth-supernode-private-key", str(self.auth_private_key)]
-        if self.auth_public_key:
-            cmd += ["--auth-supernode-public-key", str(self.auth_public_key)]
         return cmd
 
     def executor_command(self) -> list[str]:
