@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -145,14 +145,19 @@ class Process:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=10)
 
+    def terminate(self) -> None:
+        """SIGTERM the process group, without waiting (see `stop_all`)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM the whole tree, then SIGKILL what survives (Ray agents ignore SIGTERM)."""
         if self.proc is None:
             return
         tree = descendants(self.proc.pid)
         if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
+            self.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=grace)
         for pid in tree:  # children in their own groups got no SIGTERM from killpg
@@ -182,6 +187,16 @@ def _alive(pid: int) -> bool:
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def stop_all(processes: Iterable[Process | None], grace: float = 5.0) -> None:
+    """Stop several processes at once: SIGTERM them all first, so their graceful shutdowns
+    overlap instead of queueing one `grace` after another."""
+    live = [p for p in processes if p is not None]
+    for proc in live:
+        proc.terminate()
+    for proc in live:
+        proc.stop(grace)
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from clients.node.supernode import SuperNode  # noqa: E402
+from clients.node.supernode import SuperNode, stop_supernodes  # noqa: E402
 from privacy.console import OneLineParser  # noqa: E402
 from privacy.dp.ledger import PrivacyLedger  # noqa: E402
 from privacy.processes import stop_on_signals  # noqa: E402
@@ -65,7 +65,7 @@ def run_stock(work: Path, rounds: int) -> list[float]:
     timing = work / "timing.json"
     with SuperLink(work / "superlink") as link:
         nodes = _nodes(link.address, work, warm=False, certs=None)
-        with stop_on_signals(lambda: [n.stop() for n in nodes]):
+        with stop_on_signals(lambda: stop_supernodes(nodes)):
             rid = link.submit(ROOT / "scripts" / "bare_flower_app",
                               {"num-server-rounds": rounds, "timing-file": str(timing)})
             status = link.wait_finished(rid, 1800, ended=timing.exists)
@@ -83,7 +83,7 @@ def run_fedguard(work: Path, rounds: int) -> list[float]:
         for i in range(NODES):
             link.register_node(certs / f"supernode-{i + 1}.pub")
         nodes = _nodes(link.address, work, warm=True, certs=certs)
-        with stop_on_signals(lambda: [n.stop() for n in nodes]):
+        with stop_on_signals(lambda: stop_supernodes(nodes)):
             config = {"num-server-rounds": rounds, "data-dir": str(store_dir), "dp": True,
                       "dp-epsilon": 8.0, "secagg": True, "federated-evaluation": True,
                       "dp-eval": "every"}

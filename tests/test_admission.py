@@ -109,3 +109,18 @@ def test_a_silent_serverapp_shows_as_lost_and_is_reconciled_with_flower(tmp_path
     assert row["status"] == STOPPED and "Flower: finished:stopped" in row["error"]
     assert [e["kind"] for e in run.store.events("r")][-1] == "run-lost"
     assert reconcile(run.store.path, "r", "finished:completed") is None  # already ended
+
+
+def test_an_insecure_deployment_is_recorded_and_baseline_blocks_it(tmp_path: Path) -> None:
+    from tests.helpers.grids import drive
+
+    base = {"num-server-rounds": 1, "federated-evaluation": False, "tls": False,
+            "node-auth": False}
+    status, store = drive(tmp_path / "off", 3, {**base, "policy-packs": "none"}, "deployment")
+    assert status == "completed"
+    kinds = {e["kind"] for e in store.events("1")}
+    assert {"insecure-transport", "policy-gate-off"} <= kinds  # both are on the record
+    status, store = drive(tmp_path / "baseline", 3, base, "deployment")
+    run = store.get_run("1")
+    assert status == "blocked" and "P5" in run["error"], run["error"]
+    assert store.rounds("1") == []

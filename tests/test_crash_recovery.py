@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from clients.node.supernode import SuperNode
+from clients.node.supernode import SuperNode, stop_supernodes
 from server.deploy.superlink import SuperLink
 from server.store import RunStore, StoreError
 from tests.conftest import ROOT, rows_by, store_says_ended, wait_for
@@ -91,8 +91,7 @@ def test_node_crash_then_server_crash_then_resume(tmp_path: Path) -> None:
         status = sl.wait_finished(rid2, 400, ended=store_says_ended(data_dir, run_id))
         assert all(n.alive() for n in live)
     finally:
-        for n in [*nodes, *([replacement] if replacement else [])]:
-            n.stop()
+        stop_supernodes([*nodes, *([replacement] if replacement else [])])
         sl.stop()
     assert status == "finished:completed"
 

@@ -492,7 +492,8 @@ def test_a_task_key_of_the_wrong_type_names_the_key_and_an_example() -> None:
                                    "signal-length=64")
     with pytest.raises(TaskError) as exc:
         ctx.get("signal-noise", 0.5)
-    assert one_line(exc.value) == "run config signal-noise=nan: must be a finite number"
+    assert one_line(exc.value) == ("run config signal-noise=nan: must be a finite number, e.g. "
+                                   "signal-noise=0.5")
     assert TaskContext({"lr-boost": 2}).get("lr-boost", 1.0) == 2.0  # ints count as floats
 
 

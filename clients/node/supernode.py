@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from privacy.processes import LaunchError, Process, flower_env, free_port, tool
+from privacy.processes import LaunchError, Process, flower_env, free_port, stop_all, tool
 
-__all__ = ["NodeLaunchError", "SuperNode", "free_port", "node_config_arg"]
+__all__ = ["NodeLaunchError", "SuperNode", "free_port", "node_config_arg", "stop_supernodes"]
 
 
 class NodeLaunchError(LaunchError):
@@ -123,12 +123,15 @@ class SuperNode:
                 proc.kill()
 
     def stop(self, grace: float = 5.0) -> None:
-        for proc in (self.executor, self.process):
-            if proc is not None:
-                proc.stop(grace)
+        stop_all([self.executor, self.process], grace)
 
     def __enter__(self) -> SuperNode:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_supernodes(nodes: Iterable[SuperNode], grace: float = 5.0) -> None:
+    """Stop several SuperNodes (and their executors) with overlapping graceful shutdowns."""
+    stop_all([p for n in nodes for p in (n.executor, n.process)], grace)

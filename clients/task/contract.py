@@ -53,16 +53,9 @@ class TaskContext:
 
     def get(self, key: str, default: Any) -> Any:
         """`run_config[key]`, of the default's type (ints accepted for floats), else TaskError."""
-        value = self.run_config.get(key, default)
-        kind = type(default)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise TaskError(f"run config {key}={value!r}: expected {kind.__name__}, "
-                            f"e.g. {key}={default!r}")
-        if kind is float and not math.isfinite(value):
-            raise TaskError(f"run config {key}={value!r}: must be a finite number")
-        return value
+        from clients.task.run_config import typed
+
+        return typed(key, self.run_config.get(key, default), default, TaskError)
 
     @property
     def partition_id(self) -> int | None:

@@ -210,6 +210,21 @@ class RunConfig:
                 "max_weight": self.secagg_max_weight}
 
 
+def typed(key: str, value: Any, default: Any, error: type[Exception]) -> Any:
+    """`value` of the default's type (an int is accepted for a float; a bool is never a
+    number), else `error` naming the key and an example."""
+    kind = type(default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise error(f"run config {key}={value!r}: expected {kind.__name__}, e.g. "
+                    f"{key}={default!r}")
+    if kind is float and not math.isfinite(value):
+        raise error(f"run config {key}={value!r}: must be a finite number, e.g. "
+                    f"{key}={default!r}")
+    return value
+
+
 def _coerce(key: str, value: Any, default: Any, meta: Mapping[str, Any]) -> Any:
     undecided = meta.get("undecided")
     if undecided is not None:
@@ -223,15 +238,8 @@ def _coerce(key: str, value: Any, default: Any, meta: Mapping[str, Any]) -> Any:
         what = "true or false" if undecided is bool else "a number"
         raise ConfigError(f"run config {key}={value!r}: expected {what}, or \"\" while "
                           "undecided")
+    value = typed(key, value, default, ConfigError)
     kind = type(default)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"run config {key}={value!r}: expected {kind.__name__}, e.g. "
-                          f"{key}={default!r}")
-    if kind is float and not math.isfinite(value):
-        raise ConfigError(f"run config {key}={value!r}: must be a finite number, e.g. "
-                          f"{default!r}")
     if kind is str:
         value = value.strip()
         if meta["choices"] and value.lower() not in meta["choices"]:
