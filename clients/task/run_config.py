@@ -113,6 +113,17 @@ class RunConfig:
                             hi=0.5, hi_open=True)
     update_norm_bound: float = _key(0.0, "reject updates further than this from the global "
                                     "model (0 = off)", S_AGG, lo=0.0)
+    server_optimizer: str = _key("none", "server-side step on each round's aggregate, plain or "
+                                 "secure (post-processing: free under DP): FedAvgM or FedAdam",
+                                 S_AGG, choices=("none", "momentum", "adam"))
+    server_lr: float = _key(1.0, "server optimiser's learning rate", S_AGG, lo=0.0,
+                            lo_open=True)
+    server_beta1: float = _key(0.9, "server momentum (momentum) or first-moment decay (adam)",
+                               S_AGG, lo=0.0, hi=1.0, hi_open=True)
+    server_beta2: float = _key(0.99, "adam: second-moment decay", S_AGG, lo=0.0, hi=1.0,
+                               hi_open=True)
+    server_eps: float = _key(1e-3, "adam: tau, bounds the step where the second moment is "
+                             "small", S_AGG, lo=0.0, lo_open=True)
     policy_packs: str = _key("baseline", "comma-separated policy packs, or 'none'", S_POL)
     policy_params: str = _key("", "threshold overrides, e.g. 'baseline.max-epsilon=8'", S_POL)
     purpose: str = _key("research", "research or commercial (licence checks)", S_POL,

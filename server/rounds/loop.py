@@ -10,10 +10,11 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from clients.task.run_config import RunConfig
+from server.rounds.server_opt import ServerOptimizer
 from server.run import FederatedRun
 
 
@@ -24,6 +25,15 @@ class Rounds(Protocol):
               config: ConfigRecord) -> ArrayRecord | None: ...
 
     def evaluate(self, grid: Grid, rnd: int, arrays: ArrayRecord, nodes: list[int]) -> None: ...
+
+
+def server_step(opt: ServerOptimizer, arrays: ArrayRecord, new: ArrayRecord) -> ArrayRecord:
+    """The global model after the server optimiser's step on the round's aggregate `new`."""
+    if not opt.active:
+        return new
+    glob = {k: v.numpy() for k, v in arrays.items()}
+    out = opt.step(glob, {k: v.numpy() for k, v in new.items()})
+    return ArrayRecord(array_dict={k: Array(v) for k, v in out.items()})
 
 
 def run_rounds(
@@ -46,6 +56,7 @@ def run_rounds(
                   f"{cfg.central_dp_clip:g}, target epsilon {cfg.central_dp_epsilon:g} at delta "
                   f"{cfg.dp_delta:g} over {cfg.num_server_rounds} rounds",
                   data={"noise_multiplier": noise, "clip": cfg.central_dp_clip})
+    opt = ServerOptimizer.from_config(cfg)  # on the plain and the secure aggregate alike
     nodes: list[int] = []
     rnd = run.round_offset
     for local in range(1, remaining + 1):
@@ -56,7 +67,7 @@ def run_rounds(
         config = ConfigRecord({"server-round": rnd, **round_config})
         new = rounds.train(grid, rnd, arrays, nodes, config)
         if new is not None:
-            arrays = new
+            arrays = server_step(opt, arrays, new)
         if cfg.central_dp:
             run.round_extra(rnd, {"central_dp": {
                 "epsilon": epsilon([Release(noise, 1.0, rnd)], cfg.dp_delta),
