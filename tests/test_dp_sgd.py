@@ -493,3 +493,29 @@ def test_expanded_weights_give_the_same_step_as_hooks() -> None:
         assert t.clipped_fraction() is not None
     for a, b in zip(*steps, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_process_calibrates_once_per_run_and_sample_rate(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many virtual nodes of one run in one process: one calibration, every ledger records it."""
+    calls: list[tuple[float, int]] = []
+    real = dp_sgd.calibrate_noise
+
+    def counting(eps: float, delta: float, q: float, steps: int, *a: object, **k: object) -> float:
+        calls.append((q, steps))
+        return real(eps, delta, q, steps, *a, **k)
+
+    monkeypatch.setattr(dp_sgd, "calibrate_noise", counting)
+    monkeypatch.setattr(dp_sgd, "_CALIBRATIONS", {})
+    noises = []
+    for node in range(3):
+        (tmp_path / f"node-{node}").mkdir()
+        ledger = _ledger(tmp_path / f"node-{node}")
+        noises.append(_session(ledger, run_id="run-c").noise_multiplier)
+        assert ledger.cached_noise(_session(ledger, run_id="run-c").calibration_key) == noises[0]
+    assert len(calls) == 1 and noises == [noises[0]] * 3
+    for name in ("other-rate", "other-run"):
+        (tmp_path / name).mkdir()
+    _session(_ledger(tmp_path / "other-rate"), "run-c", batch_size=32).noise_multiplier  # noqa: B018
+    _session(_ledger(tmp_path / "other-run"), "run-d").noise_multiplier  # noqa: B018
+    assert len(calls) == 3  # another sample rate, another run: calibrated anew

@@ -435,6 +435,13 @@ def make_private(
     )
 
 
+#: Calibrations made in this process, by calibration key (run, accountant, target, delta,
+#: sample rate, steps, metric releases): a simulation process serving many virtual nodes of one
+#: run calibrates once per sample rate, not once per node (0.1-5 s each). The node's ledger
+#: still records the value, so its later rounds and processes use the same noise.
+_CALIBRATIONS: dict[str, float] = {}
+
+
 class DPSGDSession:
     """One node's DP-SGD for one run on one data source: calibrate, reserve, wrap, settle.
 
@@ -516,6 +523,9 @@ class DPSGDSession:
         if self._noise is None:
             key = self.calibration_key
             cached = self.ledger.cached_noise(key)
+            recorded = cached is not None
+            if cached is None:
+                cached = _CALIBRATIONS.get(key)
             if cached is None:
                 try:
                     cached = calibrate_noise(
@@ -528,6 +538,10 @@ class DPSGDSession:
                     )
                 except AccountingError as exc:
                     raise DPConfigError(f"cannot calibrate DP-SGD noise: {exc}") from exc
+                if len(_CALIBRATIONS) >= 256:
+                    _CALIBRATIONS.clear()
+                _CALIBRATIONS[key] = cached
+            if not recorded:
                 self.ledger.store_noise(key, cached)
                 cached = self.ledger.cached_noise(key) or cached  # first writer wins
             self._noise = cached
