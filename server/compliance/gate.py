@@ -119,6 +119,7 @@ class AdmissionGate:
         self._written_at = 0.0
         self._packs: list[dict[str, Any]] = []
         self._evaluated_on = ""
+        self._received: list[tuple[str, str, int, int, dict[str, Any]]] = []
 
     def check_run(self) -> None:
         """Run-level rules, before waiting for any node: a failure means no training at all."""
@@ -206,6 +207,9 @@ class AdmissionGate:
             if not self.enabled:
                 continue
             self.manifests[key] = self._manifest(nid, answer)
+        if self._received:  # one audit write for the batch, before its verdicts
+            self.run.events(self._received)
+            self._received = []
         if not self.enabled:
             self.allowed.update(data_ok)
             return
@@ -243,8 +247,8 @@ class AdmissionGate:
             return None
         self.manifest_sha[str(nid)] = sha
         self.run.store.record_manifest(self.run.run_id, nid, sha, manifest.to_dict())
-        self.run.event("manifest-received", f"node {nid} manifest {sha[:12]}", 0, nid,
-                       {"sha256": sha})
+        self._received.append(("manifest-received", f"node {nid} manifest {sha[:12]}", 0, nid,
+                               {"sha256": sha}))
         if manifest.records:
             self.run.declared_records[str(nid)] = int(manifest.records)
         return manifest
