@@ -11,8 +11,9 @@ CPU per virtual node, on scripts/scale_app: digits with every node holding its o
 = 100 / nodes). For each run the table gives
 
   round 1      seconds from the run's start (store) to the end of round 1: admission, first
-               imports and noise calibration included (Ray's own start-up is not: the run
-               starts when the ServerApp does)
+               imports and noise calibration included; "of which start-up" is the part before
+               the first node answered its admission query (Ray's workers starting and
+               importing torch, Opacus and the task)
   s/round      median seconds between the ends of consecutive later rounds
   client-rounds/s   nodes that trained (status ok) in rounds 2.. / the seconds those rounds took
   peak RSS     the largest sum of resident memory over the SuperLink's whole process tree
@@ -90,6 +91,7 @@ class ScaleResult:
     dp: bool
     status: str
     round1_s: float | None
+    startup_s: float | None  # run start -> first admission answer
     gaps: list[float]  # seconds between the ends of consecutive rounds, from round 2 on
     trained: int  # ok train results in rounds 2..
     peak_rss: int
@@ -113,16 +115,21 @@ def run_config(nodes: int, rounds: int, dp: bool, data_dir: Path) -> dict[str, o
     }
 
 
-def measure(store: RunStore, run_id: str) -> tuple[float | None, list[float], int, str]:
-    """(round 1 seconds, later round gaps, ok train results after round 1, run error)."""
+def measure(store: RunStore, run_id: str
+            ) -> tuple[float | None, float | None, list[float], int, str]:
+    """(round 1 seconds, start-up seconds, later round gaps, ok train results after round 1,
+    run error)."""
     run = store.get_run(run_id) or {}
     rounds = store.rounds(run_id)
     ends = [float(r["ended_at"]) for r in rounds]
-    round1 = ends[0] - float(run["started_at"]) if ends and run else None
+    start = float(run["started_at"]) if run else 0.0
+    round1 = ends[0] - start if ends and run else None
+    first = store.events(run_id, "manifest-received")[:1]
+    startup = float(first[0]["ts"]) - start if first and run else None
     gaps = [b - a for a, b in zip(ends, ends[1:], strict=False)]
     trained = sum(1 for r in store.node_results(run_id, "train")
                   if r["status"] == "ok" and r["round"] > 1)
-    return round1, gaps, trained, str(run.get("error") or "")
+    return round1, startup, gaps, trained, str(run.get("error") or "")
 
 
 def _ended(data_dir: Path, run_id: str) -> bool:
@@ -150,12 +157,12 @@ def run_one(work: Path, nodes: int, rounds: int, dp: bool, timeout: float) -> Sc
                 sl.stop_run(rid)
                 status = f"timeout after {timeout:.0f}s ({status})"
     wall = time.monotonic() - start
-    round1, gaps, trained, error = None, [], 0, ""
+    round1, startup, gaps, trained, error = None, None, [], 0, ""
     if (data_dir / "runs.sqlite").exists():
         store = RunStore.in_dir(data_dir, readonly=True)
-        round1, gaps, trained, error = measure(store, str(rid))
+        round1, startup, gaps, trained, error = measure(store, str(rid))
         store.close()
-    return ScaleResult(nodes, dp, status, round1, gaps, trained, rss.peak, wall, error)
+    return ScaleResult(nodes, dp, status, round1, startup, gaps, trained, rss.peak, wall, error)
 
 
 def fmt(x: float | None, spec: str = ".1f") -> str:
@@ -165,7 +172,8 @@ def fmt(x: float | None, spec: str = ".1f") -> str:
 def report(results: Sequence[ScaleResult]) -> Table:
     table = Table(title=f"fedguard simulation at scale: {SAMPLED} nodes sampled a round, one "
                         "CPU per virtual node, 2 cores")
-    for col in ("nodes", "DP", "round 1 s", "s/round", "client-rounds/s", "DP / no DP",
+    for col in ("nodes", "DP", "round 1 s", "of which start-up", "s/round", "client-rounds/s",
+                "DP / no DP",
                 "peak RSS GB", "wall s", "status"):
         table.add_column(col, justify="right")
     by_key = {(r.nodes, r.dp): r for r in results}
@@ -178,7 +186,8 @@ def report(results: Sequence[ScaleResult]) -> Table:
         if r.error:
             status += f" [red]{r.error[:60]}[/]"
         table.add_row(f"{r.nodes:,}", "yes" if r.dp else "no", fmt(r.round1_s),
-                      fmt(statistics.median(r.gaps) if r.gaps else None, ".2f"), fmt(rate),
+                      fmt(r.startup_s), fmt(statistics.median(r.gaps) if r.gaps else None,
+                                            ".2f"), fmt(rate),
                       ratio, fmt(r.peak_rss / 1e9, ".2f"), f"{r.wall_s:.0f}", status)
     return table
 
@@ -191,7 +200,8 @@ def goals(results: Sequence[ScaleResult]) -> list[str]:
             rate = r.client_rounds_per_s
             lines.append(f"1,000 nodes, DP: {fmt(rate)} client-rounds/s (goal >= "
                          f"{GOALS['dp client-rounds/s']:g}), round 1 {fmt(r.round1_s)} s "
-                         f"(goal <= {GOALS['round 1 s']:g})")
+                         f"(goal <= {GOALS['round 1 s']:g}; {fmt(r.startup_s)} s of it "
+                         "start-up)")
         if r.nodes >= 10_000:
             lines.append(f"{r.nodes:,} nodes{', DP' if r.dp else ''}: peak RSS "
                          f"{r.peak_rss / 1e9:.2f} GB (goal < {GOALS['peak RSS GB']:g})")

@@ -74,23 +74,29 @@ def test_measure_reads_round_one_the_later_rounds_and_ok_trains(tmp_path) -> Non
     store = RunStore.in_dir(tmp_path)
     store.start_run("r", {}, 3)
     started = store.get_run("r")["started_at"]
+    store.add_event("r", "manifest-received", "node 0", 0, 0, {})
+    with store._tx() as db:
+        db.execute("UPDATE events SET ts=? WHERE run_id='r'", (started + 5.0,))
     for rnd, ended in ((1, started + 8.0), (2, started + 10.0), (3, started + 13.0)):
         for node in range(4):
             store.record_node_result("r", rnd, node, "train", "ok" if node else "refused", {})
         store.record_round("r", rnd, ended - 1, 3, {}, f"ckpt-{rnd}", "0" * 64, {})
         with store._tx() as db:  # the writer stamps ended_at itself; fix it for the test
             db.execute("UPDATE rounds SET ended_at=? WHERE run_id='r' AND round=?", (ended, rnd))
-    round1, gaps, trained, error = bs.measure(store, "r")
+    round1, startup, gaps, trained, error = bs.measure(store, "r")
     assert round1 == pytest.approx(8.0) and gaps == pytest.approx([2.0, 3.0])
+    assert startup == pytest.approx(5.0)
     assert trained == 6 and error == ""  # 3 ok a round, rounds 2 and 3
-    res = bs.ScaleResult(1000, True, "finished:completed", round1, gaps, trained, 2 * 10**9, 30)
+    res = bs.ScaleResult(1000, True, "finished:completed", round1, startup, gaps, trained,
+                         2 * 10**9, 30)
     assert res.client_rounds_per_s == pytest.approx(6 / 5)
 
 
 def test_report_puts_each_dp_run_next_to_its_plain_run() -> None:
-    plain = bs.ScaleResult(1000, False, "finished:completed", 6.0, [1.0, 1.0], 200, 2e9, 40)
-    dp = bs.ScaleResult(1000, True, "finished:completed", 8.0, [2.0, 2.0], 200, 2.2e9, 50)
-    big = bs.ScaleResult(50_000, False, "timeout after 900s (running)", None, [], 0, 3.5e9, 900)
+    plain = bs.ScaleResult(1000, False, "finished:completed", 6.0, 3.0, [1.0, 1.0], 200, 2e9, 40)
+    dp = bs.ScaleResult(1000, True, "finished:completed", 8.0, 3.0, [2.0, 2.0], 200, 2.2e9, 50)
+    big = bs.ScaleResult(50_000, False, "timeout after 900s (running)", None, None, [], 0,
+                         3.5e9, 900)
     table = bs.report([plain, dp, big])
     assert table.row_count == 3
     ratio = [c for c in table.columns if c.header == "DP / no DP"][0]
