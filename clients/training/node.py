@@ -184,7 +184,7 @@ class NodeRuntime:
 _RUNTIMES: dict[tuple[Any, ...], NodeRuntime] = {}
 #: A simulation worker serves many virtual nodes: a round's sample (100 of 10,000, say) is
 #: admitted, then trained, so the cache must outlast a round or every node is built twice.
-MAX_RUNTIMES = 512
+MAX_RUNTIMES = 128
 
 
 def node_runtime(run_config: Mapping[str, Any], node_config: Mapping[str, Any],
