@@ -1,7 +1,7 @@
 """DP-SGD on digits: what Opacus costs per epoch, and how much accuracy each epsilon leaves.
 
     python scripts/bench_privacy.py                  # short run (~5 min on 2 shared cores)
-    python scripts/bench_privacy.py --full           # eps 1, 3, 8 x 5 noise draws (~40 min)
+    python scripts/bench_privacy.py --full --jobs 2  # eps 1, 3, 8 x 5 draws (~25 min)
     python scripts/bench_privacy.py --part speed     # or: --part accuracy
 
 (a) Speed: CPU milliseconds per training epoch (process time, one torch thread: steady on a
