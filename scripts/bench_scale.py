@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from privacy.processes import descendants  # noqa: E402
 from server.deploy.superlink import SuperLink  # noqa: E402
 from server.store import RunStore  # noqa: E402
+from server.store.store import StoreError  # noqa: E402
 
 console = Console(width=140)
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -136,7 +137,10 @@ def _ended(data_dir: Path, run_id: str) -> bool:
     """The run store says the run is over (cheap; `flwr ls` costs a CPU-second)."""
     if not (data_dir / "runs.sqlite").exists():
         return False
-    store = RunStore.in_dir(data_dir, readonly=True)
+    try:
+        store = RunStore.in_dir(data_dir, readonly=True)
+    except StoreError:  # the ServerApp is still creating it
+        return False
     try:
         run = store.get_run(run_id)
     finally:

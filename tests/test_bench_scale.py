@@ -110,3 +110,15 @@ def test_parse_sizes() -> None:
     assert bs.parse_sizes("1000, 10000") == [1000, 10_000]
     with pytest.raises(bs.argparse.ArgumentTypeError):
         bs.parse_sizes("50")
+
+
+def test_a_store_being_created_is_not_an_ended_run(tmp_path) -> None:
+    assert bs._ended(tmp_path, "r") is False  # no store yet
+    (tmp_path / "runs.sqlite").write_bytes(b"")  # the ServerApp has only just opened it
+    assert bs._ended(tmp_path, "r") is False
+    (tmp_path / "runs.sqlite").unlink()
+    store = RunStore.in_dir(tmp_path)
+    store.start_run("r", {}, 1)
+    assert bs._ended(tmp_path, "r") is False
+    store.finish_run("r", "completed")
+    assert bs._ended(tmp_path, "r") is True
