@@ -8,21 +8,24 @@ Three apps, same task, nodes, partitions, model and local training (`local-epoch
 Flower's Simulation Engine with one CPU per virtual node:
 
   plain   the fedguard app with secagg=false (FedAvg)
-  ours    the fedguard app with secagg=true (privacy/secagg via server/secagg_strategy.py)
+  ours    the fedguard app with secagg=true (privacy/secagg via server/rounds/secure.py:
+          pipelined, two exchanges a round after a bootstrap)
   legacy  scripts/legacy_secagg_app: Flower's legacy DefaultWorkflow + SecAggPlusWorkflow +
           secaggplus_mod around a NumPyClient running fedguard's local training
 
-Both SecAgg+ variants get the same share graph: fedguard's default degree k for n nodes
-(complete graph up to 32 nodes, else 2*ceil(2*log2 n)), i.e. shares over a group of k+1 nodes
-(Flower's `num_shares` counts the node itself), and the same Shamir threshold t = (k+1)//2 + 1.
-Federated evaluation is off (fraction-evaluate=0) everywhere; every app still evaluates the
-global model centrally after each round, and a round's time is the gap between consecutive
-round ends (fedguard: the run store's `ended_at`; legacy: its timing file). Round 1 (Ray
-start-up, imports) is left out. The apps alternate in a rotating order so machine noise hits
-all alike. A run that does not finish within --timeout is stopped and reported with the rounds
-it did finish. Transport caveat: the fedguard app (plain and ours) polls for replies through
-server/fast_grid.py (backs off 0.02..0.1 s), the legacy app through Flower's own grid (0.1 s
-in simulation), which favours ours by at most ~0.1 s per exchange (4 per SecAgg+ round).
+Both SecAgg+ variants get the same share graph: the degree k and Shamir threshold t fedguard
+derives for n nodes from its default threat model (a third of the nodes corrupt, 10% dropout;
+`privacy.secagg.params.derive_graph`, Bell et al. 2020: 10 -> k=6, t=4; 50 -> 22, 17;
+100 -> 40, 31), i.e. shares over a group of k+1 nodes (Flower's `num_shares` counts the node
+itself). Federated evaluation is off (federated-evaluation=false) everywhere; every app still
+evaluates the global model centrally after each round, and a round's time is the gap between
+consecutive round ends (fedguard: the run store's `ended_at`; legacy: its timing file). Round 1
+(Ray start-up, imports, the secure bootstrap) is left out. The apps alternate in a rotating
+order so machine noise hits all alike. A run that does not finish within --timeout is stopped
+and reported with the rounds it did finish. Transport caveat: the fedguard app (plain and ours)
+polls for replies through server/rounds/grid.py (backs off 0.02..0.1 s), the legacy app
+through Flower's own grid (0.1 s in simulation), which favours ours by at most ~0.1 s per
+exchange.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ import statistics
 import sys
 import tempfile
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -141,28 +143,28 @@ def _submit_and_wait(
     return status, time.monotonic() - start, ends
 
 
-def _app_config(app_dir: Path) -> dict:
-    """The app's `[tool.flwr.app.config]`: Flower rejects override keys it does not declare."""
-    doc = tomllib.loads((app_dir / "pyproject.toml").read_text(encoding="utf-8"))
-    return dict(doc.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
-
-
-def run_fedguard(work: Path, nodes: int, rounds: int, secagg: bool, sp: ShareParams,
-                 local_epochs: int, timeout: float) -> tuple[str, float, list[float]]:
-    data_dir = work / "store"
+def fedguard_config(data_dir: Path, nodes: int, rounds: int, secagg: bool, sp: ShareParams,
+                    local_epochs: int) -> dict:
+    """The fedguard app's run config for one run (every key is declared in pyproject.toml)."""
     cfg: dict = {
         "num-server-rounds": rounds,
         "data-dir": str(data_dir),
         "secagg": secagg,
         "fraction-train": 1.0,
-        "fraction-evaluate": 0.0,
+        "federated-evaluation": False,
         "min-nodes": nodes,
         "local-epochs": local_epochs,
+        "policy-packs": "none",  # the compliance gate is not what is measured here
     }
-    if "policy-packs" in _app_config(ROOT):
-        cfg["policy-packs"] = "none"  # the compliance gate is not what is measured here
     if secagg:
         cfg |= {"secagg-neighbours": sp.neighbours, "secagg-threshold": sp.threshold}
+    return cfg
+
+
+def run_fedguard(work: Path, nodes: int, rounds: int, secagg: bool, sp: ShareParams,
+                 local_epochs: int, timeout: float) -> tuple[str, float, list[float]]:
+    data_dir = work / "store"
+    cfg = fedguard_config(data_dir, nodes, rounds, secagg, sp, local_epochs)
 
     def ends(rid: int) -> list[float]:
         if not (data_dir / "runs.sqlite").exists():

@@ -32,8 +32,9 @@ def test_round_gaps_skip_round_one():
     assert bench.round_gaps([]) == []
 
 
-@pytest.mark.parametrize(("nodes", "k", "t"), [(10, 9, 6), (50, 24, 13), (100, 28, 15)])
+@pytest.mark.parametrize(("nodes", "k", "t"), [(10, 6, 4), (50, 22, 17), (100, 40, 31)])
 def test_share_params_match_fedguard_defaults(nodes, k, t):
+    """k and t derived from the default threat model (1/3 corrupt, 10% dropout; Bell et al.)."""
     sp = bench.share_params(nodes)
     assert (sp.neighbours, sp.threshold) == (k, t)
     assert sp.num_shares == k + 1  # Flower counts the node itself
@@ -47,6 +48,19 @@ def test_legacy_graph_equals_fedguard_group(nodes):
     group = {(0 + off) % nodes for off in range(-half, half + 1)}
     assert len(group) == sp.num_shares
     assert sp.num_shares % 2 == 1 or sp.num_shares == nodes  # no silent bump by Flower
+
+
+@pytest.mark.parametrize("secagg", [False, True])
+def test_fedguard_run_config_is_declared_and_parses(tmp_path, secagg):
+    """Flower drops undeclared keys silently; the launcher refuses them, so must the bench."""
+    from clients.task.run_config import RunConfig
+    from server.deploy.superlink import check_declared
+
+    cfg = bench.fedguard_config(tmp_path, 10, 3, secagg, bench.share_params(10), 1)
+    check_declared(ROOT, cfg)
+    parsed = RunConfig.parse(cfg)
+    assert parsed.secagg is secagg and not parsed.federated_evaluation
+    assert parsed.policy_packs == "none"
 
 
 def test_parse_sizes():

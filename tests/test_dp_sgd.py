@@ -104,7 +104,7 @@ def test_secure_mode_is_accepted_where_torchcsprng_exists(monkeypatch: pytest.Mo
         ("dp-epsilon", "lots", "run config dp-epsilon='lots': must be a number; e.g. 3.0"),
         ("dp-max-grad-norm", -1, "run config dp-max-grad-norm=-1.0: must be > 0; e.g. 1.0"),
         ("dp-accountant", "gdp", "run config dp-accountant='gdp': use one of rdp, prv"),
-        ("dp-grad-mode", "fast", "run config dp-grad-mode='fast': use one of hooks, ghost"),
+        ("dp-grad-mode", "fast", "run config dp-grad-mode='fast': use one of hooks, ghost, ew"),
         ("dp", "maybe", "run config dp='maybe': must be true or false"),
         ("dp-secure-mode", 2, "run config dp-secure-mode=2: must be true or false"),
     ],
@@ -132,7 +132,7 @@ def test_plan_release_matches_what_opacus_runs() -> None:
 # -- training and clipping -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "ew"])
 def test_tiny_model_trains_under_dp_and_reports_clipped_fraction(mode: str) -> None:
     x, y = _data()
     cfg = DPSGDConfig(enabled=True, max_grad_norm=1.0, grad_sample_mode=mode)
@@ -167,7 +167,7 @@ def _true_per_sample_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
     return torch.stack(norms)
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize("mode", ["hooks", "ghost", "ew"])
 @pytest.mark.parametrize("quantile", [0.25, 0.75])
 def test_clipped_fraction_matches_brute_force_norms(mode: str, quantile: float) -> None:
     """With one full, unsampled batch the monitor must count exactly the too-long gradients."""
@@ -459,3 +459,63 @@ def test_unreachable_target_is_a_config_error(tmp_path: Path) -> None:
     )
     with pytest.raises(DPConfigError, match="cannot calibrate DP-SGD noise: target epsilon"):
         session.noise_multiplier  # noqa: B018
+
+
+def test_expanded_weights_refuse_a_layer_they_cannot_expand_naming_the_fix() -> None:
+    class Scale(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.w
+
+    x, y = _data()
+    model = nn.Sequential(nn.Linear(FEATURES, 2), Scale())
+    cfg = DPSGDConfig(enabled=True, grad_sample_mode="ew")
+    with pytest.raises(DPConfigError) as info:
+        make_private(model, _sgd(model), _loader(16, x, y), 1.0, cfg)
+    assert str(info.value) == ("dp-grad-mode='ew' does not support Scale at '1': set "
+                               "dp-grad-mode='hooks'")
+
+
+def test_expanded_weights_give_the_same_step_as_hooks() -> None:
+    """Same noise seed, same data: the two engines compute the same clipped, noised step."""
+    x, y = _data()
+    steps = []
+    for mode in ("hooks", "ew"):
+        model = _model()
+        cfg = DPSGDConfig(enabled=True, grad_sample_mode=mode, max_grad_norm=0.5,
+                          poisson_sampling=False)
+        t = make_private(model, _sgd(model), _loader(N, x, y), 1e-9, cfg)
+        _epoch(t)
+        steps.append([p.detach().clone() for p in t.finish().parameters()])
+        assert t.clipped_fraction() is not None
+    for a, b in zip(*steps, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_process_calibrates_once_per_run_and_sample_rate(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many virtual nodes of one run in one process: one calibration, every ledger records it."""
+    calls: list[tuple[float, int]] = []
+    real = dp_sgd.calibrate_noise
+
+    def counting(eps: float, delta: float, q: float, steps: int, *a: object, **k: object) -> float:
+        calls.append((q, steps))
+        return real(eps, delta, q, steps, *a, **k)
+
+    monkeypatch.setattr(dp_sgd, "calibrate_noise", counting)
+    monkeypatch.setattr(dp_sgd, "_CALIBRATIONS", {})
+    noises = []
+    for node in range(3):
+        (tmp_path / f"node-{node}").mkdir()
+        ledger = _ledger(tmp_path / f"node-{node}")
+        noises.append(_session(ledger, run_id="run-c").noise_multiplier)
+        assert ledger.cached_noise(_session(ledger, run_id="run-c").calibration_key) == noises[0]
+    assert len(calls) == 1 and noises == [noises[0]] * 3
+    for name in ("other-rate", "other-run"):
+        (tmp_path / name).mkdir()
+    _session(_ledger(tmp_path / "other-rate"), "run-c", batch_size=32).noise_multiplier  # noqa: B018
+    _session(_ledger(tmp_path / "other-run"), "run-d").noise_multiplier  # noqa: B018
+    assert len(calls) == 3  # another sample rate, another run: calibrated anew

@@ -75,8 +75,9 @@ class RunConfig:
                            hi_open=True)
     dp_max_grad_norm: float = _key(1.0, "per-sample clipping norm", S_DP, lo=0.0, lo_open=True)
     dp_accountant: str = _key("rdp", "privacy accountant", S_DP, choices=("rdp", "prv"))
-    dp_grad_mode: str = _key("hooks", "Opacus per-sample gradients", S_DP,
-                             choices=("hooks", "ghost"))
+    dp_grad_mode: str = _key("ew", "Opacus per-sample gradients: ew (expanded weights, the "
+                             "fastest on CPU), hooks (the most layer types) or ghost", S_DP,
+                             choices=("ew", "hooks", "ghost"))
     dp_secure_mode: bool = _key(False, "Opacus secure mode (needs torchcsprng)", S_DP)
     dp_privacy_unit: str = _key("record", "what DP protects (declared for policy P4)", S_DP,
                                 choices=("record", "user"))
@@ -112,6 +113,17 @@ class RunConfig:
                             hi=0.5, hi_open=True)
     update_norm_bound: float = _key(0.0, "reject updates further than this from the global "
                                     "model (0 = off)", S_AGG, lo=0.0)
+    server_optimizer: str = _key("none", "server-side step on each round's aggregate, plain or "
+                                 "secure (post-processing: free under DP): FedAvgM or FedAdam",
+                                 S_AGG, choices=("none", "momentum", "adam"))
+    server_lr: float = _key(1.0, "server optimiser's learning rate", S_AGG, lo=0.0,
+                            lo_open=True)
+    server_beta1: float = _key(0.9, "server momentum (momentum) or first-moment decay (adam)",
+                               S_AGG, lo=0.0, hi=1.0, hi_open=True)
+    server_beta2: float = _key(0.99, "adam: second-moment decay", S_AGG, lo=0.0, hi=1.0,
+                               hi_open=True)
+    server_eps: float = _key(1e-3, "adam: tau, bounds the step where the second moment is "
+                             "small", S_AGG, lo=0.0, lo_open=True)
     policy_packs: str = _key("baseline", "comma-separated policy packs, or 'none'", S_POL)
     policy_params: str = _key("", "threshold overrides, e.g. 'baseline.max-epsilon=8'", S_POL)
     purpose: str = _key("research", "research or commercial (licence checks)", S_POL,

@@ -218,6 +218,9 @@ class NodeRuntime:
 
 
 _RUNTIMES: dict[tuple[Any, ...], NodeRuntime] = {}
+#: A simulation worker serves many virtual nodes: a round's sample (100 of 10,000, say) is
+#: admitted, then trained, so the cache must outlast a round or every node is built twice.
+MAX_RUNTIMES = 128
 
 
 def node_runtime(run_config: Mapping[str, Any], node_config: Mapping[str, Any],
@@ -227,7 +230,7 @@ def node_runtime(run_config: Mapping[str, Any], node_config: Mapping[str, Any],
            tuple(sorted((str(k), str(v)) for k, v in run_config.items())))
     runtime = _RUNTIMES.get(key)
     if runtime is None:
-        if len(_RUNTIMES) >= 64:  # a long-lived process must not keep every run it served
+        if len(_RUNTIMES) >= MAX_RUNTIMES:  # a long-lived process must not keep every node
             _RUNTIMES.pop(next(iter(_RUNTIMES)))
         runtime = _RUNTIMES[key] = NodeRuntime(run_config, node_config, flower_run_id)
     return runtime

@@ -54,7 +54,11 @@ __all__ = [
     "plan_release",
 ]
 
-GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "ghost")
+#: Opacus per-sample-gradient engines: "ew" (torch's expanded weights: per-sample gradients
+#: inside autograd, no summed gradient computed and thrown away) was the fastest on CPU for the
+#: bundled MLP and CNN (scripts/bench_privacy.py); "hooks" supports the most layer types;
+#: "ghost" (fast gradient clipping) saves memory at the cost of a second backward pass.
+GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "ghost", "ew")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -190,7 +194,7 @@ class ClipMonitor:
     """Counts how many per-sample gradients Opacus clipped.
 
     It wraps the DP optimizer's ``pre_step`` (which runs once per optimizer step, just
-    before clipping): in "hooks" mode it recomputes each sample's flat L2 norm from
+    before clipping): in "hooks" and "ew" modes it recomputes each sample's flat L2 norm from
     ``p.grad_sample`` exactly as Opacus does; in "ghost" mode it reads the norms Opacus
     stored in ``model.per_sample_gradient_norms`` during the first backward pass. A sample
     counts as clipped when its norm exceeds ``max_grad_norm`` (Opacus scales it by
@@ -239,7 +243,11 @@ def _attach_monitor(model: Any, optimizer: Any, mode: str, monitor: ClipMonitor)
             norms = None  # no backward happened yet; Opacus itself will complain
         if norms is not None:
             monitor.observe(norms)
-        return original(closure)
+        out = original(closure)
+        if mode == "ew":  # clipped and noised: expanded weights refuse a forward while the
+            for p in optimizer.params:  # last step's per-sample gradients are still attached
+                p.grad_sample = None
+        return out
 
     optimizer.pre_step = pre_step
 
@@ -359,6 +367,18 @@ def check_private_model(model: nn.Module) -> None:
             )
 
 
+def _check_expanded_weights(model: nn.Module) -> None:
+    """Expanded weights cover fewer layer types than hooks: refuse early, naming the layer."""
+    supported = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.GroupNorm,
+                 nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+    for name, module in model.named_modules():
+        if any(p.requires_grad for p in module.parameters(recurse=False)) and not isinstance(
+                module, supported):
+            raise DPConfigError(
+                f"dp-grad-mode='ew' does not support {type(module).__name__} at "
+                f"{name or '<root>'!r}: set dp-grad-mode='hooks'")
+
+
 def make_private(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -377,7 +397,9 @@ def make_private(
             f"model cannot be trained with DP-SGD: {str(errors[0]).splitlines()[0]}"
         )
     criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
-    mode = "ghost" if cfg.grad_sample_mode == "ghost" else "hooks"
+    mode = cfg.grad_sample_mode
+    if mode == "ew":
+        _check_expanded_weights(model)
     with warnings.catch_warnings():
         # Opacus warns about its RNG on every engine; PrivateTraining.rng reports it instead.
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
@@ -411,6 +433,13 @@ def make_private(
         rng=rng,
         monitor=monitor,
     )
+
+
+#: Calibrations made in this process, by calibration key (run, accountant, target, delta,
+#: sample rate, steps, metric releases): a simulation process serving many virtual nodes of one
+#: run calibrates once per sample rate, not once per node (0.1-5 s each). The node's ledger
+#: still records the value, so its later rounds and processes use the same noise.
+_CALIBRATIONS: dict[str, float] = {}
 
 
 class DPSGDSession:
@@ -494,6 +523,9 @@ class DPSGDSession:
         if self._noise is None:
             key = self.calibration_key
             cached = self.ledger.cached_noise(key)
+            recorded = cached is not None
+            if cached is None:
+                cached = _CALIBRATIONS.get(key)
             if cached is None:
                 try:
                     cached = calibrate_noise(
@@ -506,6 +538,10 @@ class DPSGDSession:
                     )
                 except AccountingError as exc:
                     raise DPConfigError(f"cannot calibrate DP-SGD noise: {exc}") from exc
+                if len(_CALIBRATIONS) >= 256:
+                    _CALIBRATIONS.clear()
+                _CALIBRATIONS[key] = cached
+            if not recorded:
                 self.ledger.store_noise(key, cached)
                 cached = self.ledger.cached_noise(key) or cached  # first writer wins
             self._noise = cached

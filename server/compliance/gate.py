@@ -1,10 +1,12 @@
 """Who may train: the admission gate.
 
-Before round 1 every node answers an admission query: its data manifest (never data) and
-whether its data fits the task. The policy packs check the run and each manifest. A run-level
-`fail` blocks the run before any training; a node that fails is excluded with one line naming
-the rule, what it checks and the fix. Nodes that connect later are checked the same way before
-they may train. At the end the final model gets an Ed25519-signed provenance record.
+Before a node may train it answers an admission query: its data manifest (never data) and
+whether its data fits the task. Nodes are asked lazily, as rounds sample them (before round 1
+only until min-nodes are eligible), so a federation of 50,000 nodes is not queried up front.
+The policy packs check the run and each manifest. A run-level `fail` blocks the run before any
+training; a node that fails is excluded with one line naming the rule, what it checks and the
+fix. Nodes that connect later are checked the same way before they may train. At the end the
+final model gets an Ed25519-signed provenance record.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from privacy.compliance.audit import AuditLog
 from privacy.compliance.manifest import Manifest, ManifestError, loads_manifest, manifest_sha256
 from privacy.compliance.policy import run_policy_gate
 from privacy.compliance.policy.errors import PolicyError
-from privacy.compliance.policy.report import PolicyReport
+from privacy.compliance.policy.report import PolicyReport, Verdict
 from privacy.files import atomic_write
+from server.rounds.sampling import sampling_order
 from server.run import FederatedRun
 from server.store.records import VerdictRecord
 
 GATE_OFF = "none"
+REPORT_EVERY_S = 30.0  # simulations: the longest the report files lag behind new verdicts
 
 
 class GateFailed(Exception):
@@ -107,7 +111,15 @@ class AdmissionGate:
         # parties) are judged over the whole federation, not one batch of newcomers
         self.manifests: dict[str, Manifest | None] = {}
         self.metric_names: list[str] | None = None
-        self.report: PolicyReport | None = None
+        # the verdicts so far: run-level ones, and each judged node's own
+        self._run_verdicts: list[Verdict] = []
+        self._node_verdicts: dict[str, list[Verdict]] = {}
+        self._report: PolicyReport | None = None  # what the report files hold
+        self._stale = False  # verdicts arrived since the report files were written
+        self._written_at = 0.0
+        self._packs: list[dict[str, Any]] = []
+        self._evaluated_on = ""
+        self._received: list[tuple[str, str, int, int, dict[str, Any]]] = []
 
     def check_run(self) -> None:
         """Run-level rules, before waiting for any node: a failure means no training at all."""
@@ -115,16 +127,26 @@ class AdmissionGate:
             self.run.event("policy-gate-off", "policy-packs='none': no policy checks for this run")
             return
         self._evaluate({})
+        self._write_report()
 
     def open(self, grid: Grid, wait: float) -> None:
-        """Before round 1: admit connected nodes until min-nodes are eligible. Blocks the run at
-        once when every connected node has been checked and too few pass, and after `wait`
-        seconds otherwise - never a silent wait."""
+        """Before round 1: admit connected nodes in round 1's sampling order (so they are the
+        ones round 1 samples first), only as many as are still missing, until min-nodes are
+        eligible. Blocks the run at once when every connected node has been checked and too
+        few pass, and after `wait` seconds otherwise - never a silent wait."""
         deadline = time.monotonic() + wait
         next_log = 0.0
+        first = self.run.global_round(1)
         while True:
+            if self._pending:  # a silent node's late answer
+                self.admit(grid, [])
             connected = sorted(grid.get_node_ids())
-            eligible = self.admit(grid, connected)
+            eligible = self.allowed & set(connected)
+            unchecked = [n for n in sampling_order(connected, self.run.ctx.seed, first)
+                         if n not in self.checked]
+            if len(eligible) < self.min_nodes and unchecked:
+                self.admit(grid, unchecked[:self.min_nodes - len(eligible)])
+                continue
             if len(eligible) >= self.min_nodes:
                 return
             all_present = self.mode == "simulation" or len(connected) >= self.min_nodes
@@ -222,20 +244,31 @@ class AdmissionGate:
             if not self.enabled:
                 continue
             self.manifests[key] = self._manifest(nid, answer)
+        if self._received:  # one audit write for the batch, before its verdicts
+            self.run.events(self._received)
+            self._received = []
         if not self.enabled:
             self.allowed.update(data_ok)
             return
-        if data_ok:
-            report = self._evaluate(self.manifests)
-            failing = report.failing_nodes
-        else:
-            report, failing = self.report, {}
+        if not data_ok:
+            return
+        # A simulation has no cross-border facts (facts.node_facts: transfers need a
+        # deployment), so a node's verdicts depend on its own manifest only and only the
+        # newcomers are judged; a deployment judges every manifest known so far, as the facts
+        # across nodes (who receives the model, foreign parties) need the whole federation.
+        judged = ({str(n): self.manifests[str(n)] for n in data_ok} if self.mode == "simulation"
+                  else self.manifests)
+        report = self._evaluate(judged)
+        failing = report.failing_nodes
         for nid in data_ok:
             rules = failing.get(str(nid), [])
             if rules:
                 self._exclude(nid, exclusion_line(report, str(nid), rules), rules)
             else:
                 self.allowed.add(nid)
+        if failing or self.mode != "simulation" or (
+                time.monotonic() - self._written_at >= REPORT_EVERY_S):
+            self._write_report()
 
     def _manifest(self, nid: int, answer: Mapping[str, Any]) -> Manifest | None:
         data = answer.get("manifest")
@@ -251,26 +284,46 @@ class AdmissionGate:
             return None
         self.manifest_sha[str(nid)] = sha
         self.run.store.record_manifest(self.run.run_id, nid, sha, manifest.to_dict())
-        self.run.event("manifest-received", f"node {nid} manifest {sha[:12]}", 0, nid,
-                       {"sha256": sha})
+        self._received.append(("manifest-received", f"node {nid} manifest {sha[:12]}", 0, nid,
+                               {"sha256": sha}))
         if manifest.records:
             self.run.declared_records[str(nid)] = int(manifest.records)
         return manifest
 
     def _evaluate(self, manifests: Mapping[str, Manifest | None]) -> PolicyReport:
+        """Judge the run and `manifests`; their verdicts join the run's (store and report)."""
         try:
             report = run_policy_gate(self.config, manifests, self.data_dir, self.audit,
                                      self.run.run_id)
         except PolicyError as err:
             raise GateFailed(f"policy packs could not be evaluated: {err}") from None
-        self.report = report
-        self._store(report)
+        self.run.store.record_verdicts(self.run.run_id, verdict_records(report))
+        self._run_verdicts = [v for v in report.verdicts if v.node is None]
+        for node in {v.node for v in report.verdicts if v.node is not None}:
+            self._node_verdicts[node] = [v for v in report.verdicts if v.node == node]
+        self._packs, self._evaluated_on = report.packs, report.evaluated_on
+        self._stale = True
         if report.failing_run_rules:
+            self._write_report()
             raise GateFailed("; ".join(run_block_lines(report)))
         return report
 
-    def _store(self, report: PolicyReport) -> None:
-        self.run.store.record_verdicts(self.run.run_id, verdict_records(report))
+    @property
+    def report(self) -> PolicyReport | None:
+        """Every verdict of the run so far (None before the first evaluation). Reading it
+        brings the report files up to date, so a provenance record built from it always
+        matches the stored report."""
+        if self._stale:
+            self._write_report()
+        return self._report
+
+    def _write_report(self) -> None:
+        """Write the compliance report (Markdown and JSON) with every verdict so far. At scale
+        a simulation rewrites it at most every REPORT_EVERY_S seconds while nodes join (and at
+        once when one fails); reading `report` catches up."""
+        verdicts = self._run_verdicts + [v for node in sorted(self._node_verdicts)
+                                         for v in self._node_verdicts[node]]
+        report = PolicyReport(verdicts, self._packs, self._evaluated_on)
         lang = str(self.config.get("report-lang", "en"))
         lang = lang if lang in ("en", "zh") else "en"
         for kind, name, text in (
@@ -280,3 +333,4 @@ class AdmissionGate:
             path = self.run.run_dir / name
             sha = atomic_write(path, text.encode("utf-8"))
             self.run.store.set_artifact(self.run.run_id, kind, path, sha)
+        self._report, self._stale, self._written_at = report, False, time.monotonic()

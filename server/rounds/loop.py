@@ -10,10 +10,11 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from clients.task.run_config import RunConfig
+from server.rounds.server_opt import ServerOptimizer
 from server.run import FederatedRun
 
 
@@ -26,6 +27,15 @@ class Rounds(Protocol):
     def evaluate(self, grid: Grid, rnd: int, arrays: ArrayRecord, nodes: list[int]) -> None: ...
 
 
+def server_step(opt: ServerOptimizer, arrays: ArrayRecord, new: ArrayRecord) -> ArrayRecord:
+    """The global model after the server optimiser's step on the round's aggregate `new`."""
+    if not opt.active:
+        return new
+    glob = {k: v.numpy() for k, v in arrays.items()}
+    out = opt.step(glob, {k: v.numpy() for k, v in new.items()})
+    return ArrayRecord(array_dict={k: Array(v) for k, v in out.items()})
+
+
 def run_rounds(
     grid: Grid,
     run: FederatedRun,
@@ -36,6 +46,7 @@ def run_rounds(
 ) -> None:
     """Run `remaining` rounds after `run.round_offset`, then evaluate the final model."""
     arrays = ArrayRecord(run.initial_state())
+    opt = ServerOptimizer.from_config(cfg)  # on the plain and the secure aggregate alike
     nodes: list[int] = []
     rnd = run.round_offset
     for local in range(1, remaining + 1):
@@ -46,7 +57,7 @@ def run_rounds(
         config = ConfigRecord({"server-round": rnd})
         new = rounds.train(grid, rnd, arrays, nodes, config)
         if new is not None:
-            arrays = new
+            arrays = server_step(opt, arrays, new)
         metrics = run.end_round(rnd, arrays.to_torch_state_dict())
         head = run.task.headline
         value = metrics.get(f"server_{head}")
