@@ -16,6 +16,7 @@ from typing import Any
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from clients.task.checks import expected_metric_names
 from clients.task.contract import TaskContext, TaskError
 from clients.task.loading import find_app_dir, load_task
 from clients.task.run_config import ConfigError, RunConfig
@@ -114,7 +115,8 @@ def drive_run(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int,
                   "authentication (tls / node-auth run config)")
     _say(f"run {run.run_id}, store {store.path}")
     gate = AdmissionGate(run, policy_config(run_config, mode), data_dir, run.audit,
-                         timeout=cfg.round_timeout, min_nodes=cfg.min_nodes, mode=mode)
+                         timeout=cfg.round_timeout, min_nodes=cfg.min_nodes, mode=mode,
+                         metric_names=expected_metric_names(task, ctx))
     secagg_facts = {"enabled": cfg.secagg, **cfg.secagg_options} if cfg.secagg else {
         "enabled": False}
     with Heartbeat(data_dir, run.run_id):

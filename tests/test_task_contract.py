@@ -35,6 +35,7 @@ from clients.task import (
     check_private_model,
     load_task,
 )
+from clients.task.checks import expected_metric_names
 from clients.task.loading import _import
 from clients.task.run_config import defaults
 from clients.task.scaffold import MANIFEST_TOML, pyproject
@@ -281,7 +282,8 @@ def _gate(tmp_path: Path, user_app: Any, node_configs: dict[int, dict[str, Any]]
         grid.contexts[nid].node_config.update(extra)
     gate = AdmissionGate(run, policy_config(cfg, "simulation"), tmp_path / "store",
                          AuditLog(tmp_path / "audit.jsonl"), timeout=timeout,
-                         min_nodes=parsed.min_nodes, mode="simulation")
+                         min_nodes=parsed.min_nodes, mode="simulation",
+                         metric_names=expected_metric_names(run.task, run.ctx))
     return gate, grid
 
 
@@ -624,3 +626,20 @@ def test_the_complete_task_in_the_docs_trains_with_dp(tmp_path: Path, user_app: 
     csv.write_text("\n".join(rows) + "\n", encoding="utf-8")
     real = NodeRuntime(cfg, {"data-path": str(csv)}, 1)
     assert real.check_data() == 8
+
+
+def test_the_servers_task_defines_the_runs_metrics_not_the_first_node_asked() -> None:
+    ctx = TaskContext({}, {}, 0, Path("."))
+    cls = Task(model=lambda: nn.Linear(5, 3), load_data=lambda: None,
+               schema=TensorSchema((5,), num_classes=3))
+    assert expected_metric_names(cls, ctx) == ["accuracy"]
+    reg = Task(model=lambda: nn.Linear(4, 1), load_data=lambda: None, kind="regression",
+               schema=TensorSchema((4,)))
+    assert expected_metric_names(reg, ctx) == ["mse"]
+    custom = Task(model=lambda: nn.Linear(5, 3), load_data=lambda: None,
+                  schema=TensorSchema((5,), num_classes=3),
+                  metrics=lambda out, y: {"hit": (out.argmax(1) == y).float(), "n": y * 0.0})
+    assert expected_metric_names(custom, ctx) == ["hit", "n"]
+    # no schema: the server cannot build an example, so the first answer is the reference
+    assert expected_metric_names(Task(model=lambda: nn.Linear(5, 3), load_data=lambda: None),
+                                 ctx) is None

@@ -84,3 +84,22 @@ def check_private_model(model: torch.nn.Module) -> None:
     if ModuleValidator.validate(model, strict=False):  # anything the per-layer pass missed
         raise TaskError("the task's model cannot be trained with DP-SGD: "
                         f"{str(ModuleValidator.validate(model)[0]).splitlines()[0][:160]}")
+
+
+def expected_metric_names(task: Any, ctx: Any) -> list[str] | None:
+    """The metric names the task reports, from a zero example of its schema: the server's
+    reference for "same task version", so the first node asked does not define it. None when
+    the task declares no schema or its metrics need real data (then the first answer does)."""
+    try:
+        schema = task.data_schema(ctx)
+        if schema is None:
+            return None
+        x = torch.zeros((1, *schema.input_shape))
+        y = (torch.zeros(1, dtype=torch.long) if schema.num_classes is not None
+             else torch.zeros((1, *schema.target_shape)))
+        model = task.build_model(ctx).eval()
+        with torch.no_grad():
+            out = model(x)
+        return sorted(str(n) for n in task.metric_fn()(out, y))
+    except Exception:  # noqa: BLE001 - a task's metrics may need real data: no reference
+        return None

@@ -90,7 +90,8 @@ class AdmissionGate:
     policy packs. Runs before round 1 (fail fast) and for every node that connects later."""
 
     def __init__(self, run: FederatedRun, policy: Mapping[str, Any], data_dir: Path,
-                 audit: AuditLog, timeout: float, min_nodes: int, mode: str) -> None:
+                 audit: AuditLog, timeout: float, min_nodes: int, mode: str,
+                 metric_names: list[str] | None = None) -> None:
         self.min_nodes = min_nodes
         self.run = run
         self.config = dict(policy)
@@ -110,7 +111,8 @@ class AdmissionGate:
         # every manifest seen so far: facts across nodes (who receives the model, foreign
         # parties) are judged over the whole federation, not one batch of newcomers
         self.manifests: dict[str, Manifest | None] = {}
-        self.metric_names: list[str] | None = None
+        # the run's task's metrics (server's own task), else the first answer's
+        self.metric_names: list[str] | None = metric_names
         # the verdicts so far: run-level ones, and each judged node's own
         self._run_verdicts: list[Verdict] = []
         self._node_verdicts: dict[str, list[Verdict]] = {}
