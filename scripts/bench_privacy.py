@@ -28,7 +28,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import multiprocessing
 import statistics
@@ -51,13 +50,11 @@ from torch.utils.data import Dataset, TensorDataset
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))  # LINEAR_TASK is "bench_privacy:LINEAR_TASK"
 
 import privacy.dp.dp_sgd as dp_sgd  # noqa: E402
 from clients.task.evaluation import evaluate  # noqa: E402
 from clients.task.run_config import RunConfig  # noqa: E402
 from clients.tasks.datasets import load_digits, train_test_split  # noqa: E402
-from clients.tasks.digits import task as digits_task  # noqa: E402
 from clients.tasks.models import MLP, SmallCNN  # noqa: E402
 from clients.tasks.partition import partition_iid  # noqa: E402
 from clients.training.loop import make_loader, train_epochs  # noqa: E402
@@ -217,21 +214,6 @@ class Setting:
         return " ".join(f"{k}={v}" for k, v in self.keys.items())
 
 
-class LinearDigits(nn.Module):
-    """Softmax regression on the 64 pixels: 650 weights against the MLP's 8,970. DP noise is
-    added to every weight, so its norm grows with the square root of the parameter count."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.flatten(1))
-
-
-#: The bundled digits task with the linear model: what `model = "linear"` would be (proposed).
-LINEAR_TASK = dataclasses.replace(digits_task, model=LinearDigits, name="digits-linear")
-
 #: The schema's defaults (pyproject.toml's [tool.flwr.app.config]) with dp=true.
 DEFAULTS = Setting("defaults", {})
 #: The issue's starting point (its "tuned keys"), on Opacus hooks.
@@ -245,7 +227,7 @@ TUNED = Setting("tuned mlp", {
 })
 #: The same federation with the linear model: fewer weights, less noise.
 LINEAR = Setting("tuned linear", {
-    "task": "bench_privacy:LINEAR_TASK", "lr": 0.5, "batch-size": 64, "local-epochs": 5,
+    "model": "linear", "lr": 0.5, "batch-size": 64, "local-epochs": 5,
     "num-server-rounds": 40, "dp-max-grad-norm": 0.3,
 })
 SETTINGS = {s.name: s for s in (DEFAULTS, START, TUNED, LINEAR)}

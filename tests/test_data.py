@@ -6,6 +6,7 @@ from functools import partial
 
 import numpy as np
 import pytest
+import torch
 
 from clients.task import ConfigError, DataError, RunConfig, TaskContext, TaskError, load_task
 from clients.tasks.datasets import load_digits, train_test_split
@@ -182,3 +183,21 @@ def test_run_config_errors_name_key_and_fix() -> None:
         RunConfig.parse({"min-nodes": 0})
     assert RunConfig.parse({"lr": 1}).lr == 1.0
     assert partial(RunConfig.parse, {"dp-accountant": "RDP"})().dp_accountant == "rdp"
+
+
+@pytest.mark.parametrize("task", [DIGITS_TASK, "clients.tasks.breast_cancer:task"])
+def test_the_linear_model_is_one_layer_and_trains_under_dp(task: str) -> None:
+    from clients.task.checks import check_private_model
+
+    ctx = TaskContext({"model": "linear"}, {"partition-id": 0, "num-partitions": 2}, 42)
+    t = load_task(task, ctx)
+    model = t.build_model(ctx)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 1  # softmax regression: a tenth of the MLP's weights on digits
+    mlp = load_task(task, TaskContext({}, {}, 42)).build_model(TaskContext({}, {}, 42))
+    assert sum(p.numel() for p in model.parameters()) < sum(
+        p.numel() for p in mlp.parameters()) / 5
+    check_private_model(model)  # Opacus can privatise it
+    x, y = t.node_data(ctx).train[:8]
+    assert model(x).shape == (8, linears[0].out_features)
+    assert int(y.max()) < linears[0].out_features

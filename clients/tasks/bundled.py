@@ -3,7 +3,7 @@
 A bundled task trains on a scikit-learn dataset shipped with the package: the server holds a
 fixed held-out split (`test-fraction`), virtual nodes get a partition of the rest (`partition`,
 `dirichlet-alpha`), and a real node reads its own file (`--data-path`, CSV or NPZ with the same
-features). Its own run-config keys: `model` (`mlp`, or `cnn` for image data), `partition`,
+features). Its own run-config keys: `model` (`mlp`, `linear`, or `cnn` for image data), `partition`,
 `dirichlet-alpha`, `test-fraction`, `label-column` (node config).
 
 Federated evaluation uses each node's own training data (as fedguard's first version did, so the
@@ -24,11 +24,11 @@ from torch.utils.data import TensorDataset
 from clients.task.contract import DataError, NodeData, Task, TaskContext, TaskError, TensorSchema
 from clients.tasks.datasets import Split, train_test_split
 from clients.tasks.files import read_numeric_file
-from clients.tasks.models import MLP, SmallCNN
+from clients.tasks.models import MLP, Linear, SmallCNN
 from clients.tasks.partition import PARTITIONS, partition
 
 MANIFESTS = Path(__file__).with_name("manifests")
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "linear", "cnn")
 
 
 def _tensors(split: Split) -> TensorDataset:
@@ -59,6 +59,8 @@ def bundled_task(name: str, loader: Callable[[], Split], num_features: int, num_
         if kind == "cnn":
             assert image_shape is not None
             return SmallCNN(image_shape, num_classes)
+        if kind == "linear":
+            return Linear(num_features, num_classes)
         return MLP(num_features, num_classes)
 
     def load_data(ctx: TaskContext) -> NodeData:

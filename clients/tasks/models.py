@@ -1,4 +1,5 @@
-"""Models of the bundled tasks: an MLP for tabular or flattened data and a small CNN for images.
+"""Models of the bundled tasks: an MLP for tabular or flattened data, a linear (softmax
+regression) model that learns best under DP-SGD's noise, and a small CNN for images.
 
 Both use only layers Opacus supports for per-sample gradients (Linear, Conv2d, GroupNorm), so
 turning DP on never changes the architecture.
@@ -25,6 +26,18 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.flatten(1))
+
+
+class Linear(nn.Module):
+    """One linear layer on the flattened input: few parameters, so DP noise hurts least
+    (digits at eps 3: about 0.87 against the MLP's 0.68; README "DP settings that work")."""
+
+    def __init__(self, num_features: int, num_outputs: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(num_features, num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
 
 
 class SmallCNN(nn.Module):
