@@ -257,11 +257,13 @@ def test_verdicts_report_what_was_measured() -> None:
 
 @pytest.mark.slow
 def test_attack_script_end_to_end(tmp_path: Path) -> None:
-    """Two real simulation runs: NaN attackers rejected, sign-flip attackers aggregated."""
+    """The script as a user runs it, on one real simulation run: the NaN attacker's updates are
+    rejected every round. (Sign-flip and scaled attackers through the same aggregation code:
+    the in-process tests above.)"""
     out = tmp_path / "cells.json"
     proc = subprocess.run(
         [sys.executable, "scripts/attack.py", "--nodes", "4", "--rounds", "2", "--fraction",
-         "0.25", "--aggregators", "median", "--conditions", "nan,sign-flip",
+         "0.25", "--aggregators", "median", "--conditions", "nan",
          "--data-dir", str(tmp_path / "d"), "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=500,
     )
@@ -271,7 +273,7 @@ def test_attack_script_end_to_end(tmp_path: Path) -> None:
     assert all(c["status"] == "completed" and len(c["accuracies"]) == 2 for c in cells.values())
     assert cells["nan"]["rejected"] == 2  # 1 attacker x 2 rounds, each an update-rejected event
     assert cells["nan"]["num_nodes"] == [3, 3]
-    assert cells["sign-flip"]["rejected"] == 0 and cells["sign-flip"]["num_nodes"] == [4, 4]
+    assert set(cells) == {"nan"}
     assert "all NaN updates rejected by validation" in proc.stdout
     store = RunStore.in_dir(tmp_path / "d" / "store", readonly=True)
     rows = store.node_results(cells["nan"]["run_id"], "train")

@@ -93,11 +93,12 @@ def test_spread_shows_mean_std_and_range() -> None:
     assert bp.spread([0.8, 0.9, 1.0]) == "0.900 ± 0.100 (0.80-1.00)"
 
 
-def test_the_linear_task_loads_from_the_run_config() -> None:
+def test_the_tuned_linear_setting_builds_the_bundled_linear_model() -> None:
     from clients.task import TaskContext, load_task
 
-    ctx = TaskContext(bp.LINEAR.run_config(3.0, 1e-5), {}, 42)
-    task = load_task(bp.LINEAR.keys["task"], ctx)
+    cfg = bp.LINEAR.run_config(3.0, 1e-5)
+    ctx = TaskContext(cfg, {}, 42)
+    task = load_task(str(cfg.get("task", "clients.tasks.digits:task")), ctx)
     model = task.build_model(ctx)
     assert sum(p.numel() for p in model.parameters()) == 650
     assert task.evaluation_set(ctx) is not None

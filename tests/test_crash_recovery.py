@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 NODES = 3
 # Slow enough rounds that a kill right after a round is recorded hits the next round mid-flight.
-SLOW_ROUNDS = {"local-epochs": 8, "federated-evaluation": False, "min-nodes": 2,
+SLOW_ROUNDS = {"local-epochs": 3, "federated-evaluation": False, "min-nodes": 2,
                "policy-packs": "none", "round-timeout": 20.0}
 
 
@@ -87,7 +87,9 @@ def test_node_crash_then_server_crash_then_resume(tmp_path: Path) -> None:
         assert all(n.alive() for n in live)  # a server crash does not take nodes down
 
         sl = SuperLink(tmp_path / "flower", port=sl.port).start()  # same address and database
-        rid2 = sl.submit(ROOT, {**cfg, "resume": run_id})
+        # min-nodes=3: the resumed run waits for every live node's admission answer (a node
+        # reconnecting after the SuperLink's restart may answer after the round timeout)
+        rid2 = sl.submit(ROOT, {**cfg, "resume": run_id, "min-nodes": 3})
         status = sl.wait_finished(rid2, 400, ended=store_says_ended(data_dir, run_id))
         assert all(n.alive() for n in live)
     finally:

@@ -4,6 +4,7 @@ processes, TLS, node authentication, DP and secure aggregation, and everything s
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from privacy.compliance.provenance import load_record, verify_record
+from privacy.compliance.signing import read_public_key
 from privacy.dp.ledger import PrivacyLedger
 from server.store import RunStore
 from server.store.records import COMPLETED
@@ -62,6 +65,12 @@ def test_readme_real_node_section_works_verbatim() -> None:
         rounds = store.rounds(run["run_id"])
         assert len(rounds) == 3 and rounds[-1]["server_accuracy"] > rounds[0]["server_accuracy"]
         assert all(r["num_nodes"] == 3 for r in rounds)
+        for r in rounds:  # every round's secure sum held all three masked inputs
+            facts = json.loads(r["extra"])["secagg"]
+            assert len(facts["contributors"]) == 3 and facts["dropped"] == {}
+        signed = load_record(store.artifacts(run["run_id"])["provenance"]["path"])
+        assert verify_record(signed, read_public_key(store.path.parent / "signing-key.pub")).ok
+        assert len(signed["record"]["privacy"]) == 3  # each node's DP spend
         store.close()
         ledger = PrivacyLedger(work / "node-1" / "privacy-ledger.sqlite", create=False)
         assert 0 < ledger.spent("demo/digits-part-1") <= 8.0
