@@ -28,10 +28,11 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
 # Two workers (CI has 2 cores); a file's tests stay on one worker, so its module fixtures (a
-# SuperLink, the Streamlit app) start once.
+# SuperLink, the Streamlit app) start once; files go out in collection order, the longest
+# first (tests/conftest.py HEAVY_FIRST).
 test: $(STAMP) browser
 	$(BIN)/ruff check .
-	FEDGUARD_SCREENSHOT_DIR=$(CURDIR)/artifacts/screenshots $(BIN)/python -m pytest -n 2 --dist loadfile
+	FEDGUARD_SCREENSHOT_DIR=$(CURDIR)/artifacts/screenshots $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not integration and not browser"

@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[green]completed[/] run id [bold]{out.run_id}[/]; run store "
                       f"{data_dir / 'runs.sqlite'}")
         return 0
-    console.print(f"[red]run {out.run_id} did not complete[/]: {out.reason()}")
-    console.print(f"  full log: {out.log_path}")
+    # soft_wrap: the reason and the path stay whole lines (to read, grep and copy)
+    console.print(f"[red]run {out.run_id} did not complete[/]: {out.reason()}", soft_wrap=True)
+    console.print(f"  full log: {out.log_path}", soft_wrap=True)
     return 1
 
 

@@ -78,9 +78,23 @@ def check_task_for_run(run: FederatedRun, cfg: RunConfig) -> None:
         check_private_model(run.task.build_model(run.ctx))
 
 
+def record_refusal(store: RunStore, run_id: str, config: Mapping[str, Any], rounds: int,
+                   reason: str) -> None:
+    """A run refused before it started (its task or settings) is still a run in the store,
+    `failed` with the reason: the UI shows it, and whoever follows the store learns at once
+    (Flower's own status says only "failed", and `flwr run` exits 0 either way)."""
+    try:
+        if store.get_run(run_id) is None:
+            store.start_run(run_id, json.loads(json.dumps(config, default=str)), rounds, run_id)
+        store.finish_run(run_id, FAILED, f"not started: {reason}")
+    except StoreError:
+        pass  # the refusal still reaches the log and Flower's status
+
+
 def drive_run(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int,
               mode: str) -> str:
     """Run (or resume) one federated run; returns its final status."""
+    store: RunStore | None = None
     try:
         cfg = RunConfig.parse(run_config)
         data_dir = default_data_dir(cfg.data_dir)
@@ -88,6 +102,9 @@ def drive_run(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int,
         ctx = TaskContext(dict(run_config), {}, cfg.seed, find_app_dir())
         task = load_task(cfg.task, ctx)
     except (ConfigError, TaskError, StoreError) as err:
+        if store is not None and not cfg.resume:
+            record_refusal(store, str(flower_run_id), {**dict(run_config), "mode": mode},
+                           cfg.num_server_rounds, str(err))
         raise RunRefused(str(err)) from None
     full_config = {**cfg.to_mapping(), **dict(run_config), "mode": mode}
     run_id = cfg.resume or str(flower_run_id)
@@ -102,6 +119,8 @@ def drive_run(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int,
         key = load_or_create_key(data_dir)
         run.audit = AuditLog(run.run_dir / "audit.jsonl", key=key)
     except (StoreError, TaskError, AuditError) as err:
+        if not cfg.resume:
+            record_refusal(store, run_id, full_config, cfg.num_server_rounds, str(err))
         raise RunRefused(str(err)) from None
     store.set_artifact(run.run_id, "audit-log", run.audit.path)
     if cfg.resume:

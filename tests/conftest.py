@@ -95,12 +95,13 @@ def rows_by(rows: list[Mapping[str, Any]], key: str) -> dict[Any, list[Mapping[s
 
 
 # The files that take longest, longest first (measured on 2 cores). `make test` hands whole
-# files to two workers in collection order, so starting these first keeps one long file from
-# running alone at the end. The order is fixed, hence the same on every worker.
+# files to two workers in collection order (--no-loadscope-reorder: xdist would otherwise put
+# the files with most tests first, and these one-test files last, running alone at the end).
+# The order is fixed, hence the same on every worker.
 HEAVY_FIRST = (
-    "test_crash_recovery.py", "test_real_nodes.py", "test_simulation.py", "test_federation.py",
-    "test_examples.py", "test_attack.py", "test_ui_browser.py", "test_secagg_simulation.py",
-    "test_lifecycle.py", "test_dp_integration.py", "test_bench_privacy.py",
+    "test_crash_recovery.py", "test_real_nodes.py", "test_simulation.py", "test_examples.py",
+    "test_federation.py", "test_ui_browser.py", "test_attack.py", "test_secagg_simulation.py",
+    "test_lifecycle.py", "test_bench_privacy.py", "test_dp_integration.py",
 )
 
 

@@ -75,7 +75,9 @@ def test_a_task_the_core_has_never_seen_trains_on_real_nodes(
     (app / "pyproject.toml").write_text(pyproject("novel-app").replace(
         'task = "task:task"', 'task = "novel_task:task"'), encoding="utf-8")
     (app / "novel_task.py").write_text(NOVEL_TASK, encoding="utf-8")
-    (app / "manifest.toml").write_text(MANIFEST_TOML.format(name="novel"), encoding="utf-8")
+    # each node holds 150 records; a plain update is checked against the declared count
+    (app / "manifest.toml").write_text(MANIFEST_TOML.format(name="novel").replace(
+        "records = 120", "records = 150"), encoding="utf-8")
     rid, store = federation.run(app, "novel", {"num-server-rounds": 2, "local-epochs": 2,
                                                "federated-evaluation": True})
     run = store.get_run(rid)

@@ -46,7 +46,7 @@ from privacy.compliance.signing import read_public_key
 from privacy.dp.ledger import PrivacyLedger
 from server.compliance.gate import AdmissionGate, GateFailed
 from server.compliance.policy_view import policy_config
-from server.driver import drive_run
+from server.driver import RunRefused, drive_run
 from server.store import RunStore
 from server.store.records import BLOCKED, COMPLETED
 from tests.conftest import ROOT
@@ -643,3 +643,14 @@ def test_the_servers_task_defines_the_runs_metrics_not_the_first_node_asked() ->
     # no schema: the server cannot build an example, so the first answer is the reference
     assert expected_metric_names(Task(model=lambda: nn.Linear(5, 3), load_data=lambda: None),
                                  ctx) is None
+
+
+def test_a_run_refused_before_round_one_is_a_failed_run_in_the_store(tmp_path: Path) -> None:
+    """Flower reports only "failed" (and `flwr run` exits 0): the store says why, at once, so
+    the runner, the UI and whoever follows the store see it without asking Flower."""
+    cfg = {"data-dir": str(tmp_path), "model": "cnn", "task": "clients.tasks.breast_cancer:task"}
+    with pytest.raises(RunRefused, match="model='cnn' needs images"):
+        drive_run(None, cfg, 77, "simulation")  # type: ignore[arg-type]
+    run = RunStore.in_dir(tmp_path, readonly=True).get_run("77")
+    assert run is not None and run["status"] == "failed"
+    assert run["error"].startswith("not started: run config model='cnn' needs images")
