@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from hypothesis import settings
 
 from server.deploy.superlink import SuperLink
@@ -23,6 +24,11 @@ settings.register_profile("ci", derandomize=True, database=None, deadline=None,
 settings.register_profile("fuzz", derandomize=False, database=None, deadline=None,
                           print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Two test workers share two cores with the processes they start: one torch thread each
+# (oversubscribed OpenMP threads spin and slow every in-process DP run several-fold).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 def store_says_ended(data_dir: Path, run_id: str) -> Any:

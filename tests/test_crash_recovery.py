@@ -61,7 +61,7 @@ def ok_train_rows(store: RunStore, run_id: str) -> dict[int, list[dict[str, Any]
 
 def test_node_crash_then_server_crash_then_resume(tmp_path: Path) -> None:
     data_dir = tmp_path / "store"
-    cfg = {"num-server-rounds": 4, "data-dir": str(data_dir), **SLOW_ROUNDS}
+    cfg = {"num-server-rounds": 3, "data-dir": str(data_dir), **SLOW_ROUNDS}
     sl = SuperLink(tmp_path / "flower").start()
     nodes = start_nodes(sl.address, tmp_path)
     replacement: SuperNode | None = None
@@ -82,7 +82,7 @@ def test_node_crash_then_server_crash_then_resume(tmp_path: Path) -> None:
         assert store.get_run(run_id)["status"] == "running"  # it never got to finish
         store.close()
         done = max(before)
-        assert 2 <= done < 4
+        assert done == 2  # round 3 needs a fresh exchange and 3 epochs: not done yet
         live = [*nodes[1:], replacement]
         assert all(n.alive() for n in live)  # a server crash does not take nodes down
 
@@ -99,9 +99,9 @@ def test_node_crash_then_server_crash_then_resume(tmp_path: Path) -> None:
 
     store = RunStore.in_dir(data_dir, readonly=True)
     run = store.get_run(run_id)
-    assert run["status"] == "completed" and run["last_round"] == 4
+    assert run["status"] == "completed" and run["last_round"] == 3
     rounds = {r["round"]: r for r in store.rounds(run_id)}
-    assert sorted(rounds) == [1, 2, 3, 4]  # none lost, none twice
+    assert sorted(rounds) == [1, 2, 3]  # none lost, none twice
     ok = ok_train_rows(store, run_id)
     first_ids = {r["node_id"]: r for r in ok[1]}
     assert rounds[1]["num_nodes"] == 3 and len(first_ids) == 3
@@ -124,9 +124,9 @@ def test_node_crash_then_server_crash_then_resume(tmp_path: Path) -> None:
     assert newcomers and {r["num_examples"] for r in newcomers} == {
         first_ids[dead_id]["num_examples"]}
     assert all(r["node_id"] != dead_id for r in later)
-    assert rounds[4]["num_nodes"] == 3
+    assert rounds[3]["num_nodes"] == 3
     assert run["flower_run_id"] == str(rid2)
     kinds = [e["kind"] for e in store.events(run_id)]
     assert kinds.count("run-started") == 1 and kinds.count("run-resumed") == 1
     assert kinds[-1] == "run-completed"
-    assert rounds[4]["server_accuracy"] > rounds[1]["server_accuracy"]
+    assert rounds[3]["server_accuracy"] > rounds[1]["server_accuracy"]

@@ -87,7 +87,7 @@ def test_a_task_the_core_has_never_seen_trains_on_real_nodes(
     assert len(store.manifests(rid)) == NODES  # the gate saw every node's manifest
     acc = [m.value for m in store.round_metrics(rid)
            if m.source == "server" and m.name == "accuracy"]
-    assert len(acc) == 2 and acc[-1] > 0.3 and acc[-1] >= acc[0], acc  # chance is 0.2
+    assert len(acc) == 2 and min(acc) > 0.5, acc  # chance is 0.2; round 1 may converge
     rounds = store.rounds(rid)
     assert [r["num_nodes"] for r in rounds] == [NODES, NODES]
     per_round = rows_by(store.node_results(rid, "train"), "round")

@@ -63,7 +63,7 @@ def test_readme_real_node_section_works_verbatim() -> None:
         assert config["tls"] and config["node-auth"] and config["dp"] and config["secagg"]
         assert config["mode"] == "deployment"
         rounds = store.rounds(run["run_id"])
-        assert len(rounds) == 3 and rounds[-1]["server_accuracy"] > rounds[0]["server_accuracy"]
+        assert len(rounds) == 2 and rounds[-1]["server_accuracy"] > rounds[0]["server_accuracy"]
         assert all(r["num_nodes"] == 3 for r in rounds)
         for r in rounds:  # every round's secure sum held all three masked inputs
             facts = json.loads(r["extra"])["secagg"]
