@@ -13,7 +13,7 @@ import torch
 from hypothesis import settings
 
 from server.deploy.superlink import SuperLink
-from server.store import RunStore
+from server.store import RunStore, StoreError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,10 @@ def store_says_ended(data_dir: Path, run_id: str) -> Any:
     def ended() -> bool:
         if not path.exists():
             return False
-        store = RunStore(path, readonly=True)
+        try:
+            store = RunStore(path, readonly=True)
+        except StoreError:  # the ServerApp is still creating its tables
+            return False
         try:
             run = store.get_run(run_id)
         finally:
