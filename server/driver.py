@@ -28,7 +28,7 @@ from server.compliance.provenance import write_provenance
 from server.rounds.loop import run_rounds
 from server.rounds.plain import PlainRounds
 from server.rounds.replies import ReplySorter, RunStopped
-from server.rounds.sampling import sample_nodes
+from server.rounds.sampling import first_choices, sample_nodes
 from server.rounds.secure import SecureRounds
 from server.run import FederatedRun
 from server.store.records import BLOCKED, COMPLETED, FAILED, HEARTBEAT_S, STOPPED
@@ -153,8 +153,13 @@ def _drive(grid: Grid, cfg: RunConfig, run: FederatedRun, gate: AdmissionGate, s
             sorter = ReplySorter(run)
 
             def sample(g: Grid, rnd: int) -> list[int]:
-                return sample_nodes(g, lambda ids: gate.admit(g, ids), rnd, cfg.fraction_train,
-                                    cfg.min_nodes, cfg.seed, cfg.node_wait_timeout, _say)
+                chosen = sample_nodes(g, lambda ids: gate.admit(g, ids), rnd,
+                                      cfg.fraction_train, cfg.min_nodes, cfg.seed,
+                                      cfg.node_wait_timeout, _say)
+                if rnd < cfg.num_server_rounds:  # the next round's newcomers ride along
+                    gate.prefetch(g, first_choices(g, cfg.fraction_train, cfg.min_nodes,
+                                                   cfg.seed, rnd + 1))
+                return chosen
 
             with_eval = cfg.federated_evaluation and not (cfg.dp and cfg.dp_eval == "off")
             rounds = (SecureRounds(run, cfg, sorter, gate.metric_names or [], with_eval, sample,

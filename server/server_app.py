@@ -9,7 +9,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from server.driver import RunRefused, drive_run
-from server.rounds.grid import FastPollGrid
+from server.rounds.grid import SIMULATION_WINDOW, FastPollGrid
 
 app = ServerApp()
 
@@ -32,7 +32,9 @@ def _mode(grid: Grid) -> str:
 def main(grid: Grid, context: Context) -> None:
     _limit_threads()
     try:
-        drive_run(FastPollGrid(grid), context.run_config, context.run_id, _mode(grid))
+        mode = _mode(grid)
+        window = SIMULATION_WINDOW if mode == "simulation" else 0
+        drive_run(FastPollGrid(grid, window=window), context.run_config, context.run_id, mode)
     except RunRefused as err:
         log(ERROR, "fedguard: %s", err)
         raise SystemExit(1) from None

@@ -75,3 +75,72 @@ def test_timeout_returns_what_arrived() -> None:
             return []
 
     assert FastPollGrid(Silent(), poll_interval=0.01).send_and_receive(_msgs(), timeout=0.2) == []
+
+
+class EchoGrid(InProcessGrid):
+    """Every node answers; records how many messages were out (pushed, not pulled) at most."""
+
+    def __init__(self, ids: list[int]) -> None:
+        super().__init__(ids, {})
+        self.out: set[str] = set()
+        self.peak = 0
+        self.order: list[str] = []  # message types in push order
+
+    def deliver(self, msg: Message, context: Context) -> Message | None:
+        return Message(RecordDict(), reply_to=msg)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        ids = list(super().push_messages(messages))
+        self.order += [m.metadata.message_type for m in messages]
+        self.out.update(ids)
+        self.peak = max(self.peak, len(self.out))
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        got = list(super().pull_messages(message_ids))
+        self.out.difference_update(m.metadata.reply_to_message_id for m in got)
+        return got
+
+
+def _train(ids: Iterable[int]) -> list[Message]:
+    return [Message(RecordDict({"c": ConfigRecord({})}), dst_node_id=n, message_type="train")
+            for n in ids]
+
+
+def test_a_window_bounds_the_messages_in_flight_and_every_node_still_answers() -> None:
+    inner = EchoGrid(list(range(1, 41)))
+    replies = FastPollGrid(inner, poll_interval=0.01, window=6).send_and_receive(
+        _train(range(1, 41)), timeout=5)
+    assert sorted(r.metadata.src_node_id for r in replies) == list(range(1, 41))
+    assert inner.peak == 6
+    unbounded = EchoGrid(list(range(1, 41)))
+    FastPollGrid(unbounded, poll_interval=0.01).send_and_receive(_train(range(1, 41)), timeout=5)
+    assert unbounded.peak == 40  # a deployment pushes every message at once
+
+
+def test_riders_go_after_the_exchange_and_their_replies_wait_for_their_owner() -> None:
+    inner = EchoGrid(list(range(1, 11)))
+    grid = FastPollGrid(inner, poll_interval=0.01, window=4)
+    pushed: list[tuple[str, Message]] = []
+    riders = [Message(RecordDict({"c": ConfigRecord({})}), dst_node_id=n, message_type="query")
+              for n in (8, 9, 10)]
+    grid.ride_along(riders, pushed.extend)
+    replies = grid.send_and_receive(_train(range(1, 8)), timeout=5)
+    # the exchange returns only its own replies; riders were pushed after its messages
+    assert sorted(r.metadata.src_node_id for r in replies) == list(range(1, 8))
+    assert inner.order == ["train"] * 7 + ["query"] * 3 and inner.peak <= 4
+    assert [m.metadata.dst_node_id for _, m in pushed] == [8, 9, 10]
+    got = list(grid.pull_messages([mid for mid, _ in pushed]))
+    assert sorted(r.metadata.src_node_id for r in got) == [8, 9, 10]
+    assert list(grid.pull_messages([mid for mid, _ in pushed])) == []  # handed over once
+
+
+def test_riders_left_over_are_pushed_by_flush() -> None:
+    inner = EchoGrid([1, 2])
+    grid = FastPollGrid(inner, poll_interval=0.01, window=2)
+    pushed: list[tuple[str, Message]] = []
+    grid.ride_along(_train([2]), pushed.extend)
+    assert pushed == []  # nothing goes out until an exchange or a flush
+    grid.flush_riders()
+    assert len(pushed) == 1 and len(list(grid.pull_messages([pushed[0][0]]))) == 1

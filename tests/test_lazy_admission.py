@@ -180,3 +180,25 @@ def test_a_simulation_judges_only_newcomers_and_the_report_keeps_every_node(
     assert stored == {"", "1", "2", "3", "4", "5", "6"}
     on_disk = (run.run_dir / "compliance-report.json").read_text()
     assert all(f'"node": "{n}"' in on_disk for n in "123456")  # reading `report` wrote it
+
+
+def test_prefetched_answers_admit_a_later_round_without_an_exchange_of_its_own(tmp_path) -> None:
+    from server.rounds.grid import FastPollGrid
+
+    ids = list(range(1, 31))
+    order = sampling_order(ids, 42, 2)
+    broken = {order[2]}
+    gate, inner = _gate(tmp_path, ids, broken=broken)
+    grid = FastPollGrid(inner, poll_interval=0.01, window=4)
+    gate.open(grid, wait=5)
+    gate.prefetch(grid, order[:6])
+    asked_before = len(inner.queried)
+    assert asked_before == 3  # queued, not sent: they ride with the next exchange
+    grid.send_and_receive([], timeout=1)  # round 1's exchange (empty here) carries them
+    grid.flush_riders()
+    fresh = [n for n in order[:6] if n not in inner.queried[:3]]
+    assert sorted(inner.queried[3:]) == sorted(fresh)  # each asked once
+    allowed = gate.admit(grid, order[:6])
+    assert len(inner.queried) == asked_before + len(fresh)  # no new admission exchange
+    assert allowed == set(order[:6]) - broken
+    assert str(order[2]) in gate.excluded  # a failing prefetched node is still excluded

@@ -42,16 +42,37 @@ class TrainOutcome:
     diagnostics: dict[str, float] = field(default_factory=dict)
 
 
+class RunShared:
+    """What all of a run's virtual nodes in one process share: the parsed settings, the app's
+    folder, and facts about a task object's model (its metric names, whether DP-SGD can train
+    it). A simulation worker builds runtimes for thousands of nodes; this is built once."""
+
+    def __init__(self, run_config: Mapping[str, Any]) -> None:
+        self.cfg = RunConfig.parse(run_config)
+        self.app_dir = find_app_dir()
+        self._facts: dict[tuple[int, str], tuple[Task, Any]] = {}
+
+    def fact(self, task: Task, name: str, compute: Any) -> Any:
+        """`compute()` once per task object (kept alive here, so its id is not reused)."""
+        key = (id(task), name)
+        hit = self._facts.get(key)
+        if hit is None or hit[0] is not task:
+            hit = self._facts[key] = (task, compute())
+        return hit[1]
+
+
 class NodeRuntime:
     """One node's view of one run: settings, task, data and model, built once."""
 
     def __init__(self, run_config: Mapping[str, Any], node_config: Mapping[str, Any],
-                 flower_run_id: int) -> None:
+                 flower_run_id: int, shared: RunShared | None = None) -> None:
         self.run_config = dict(run_config)
         self.node_config = dict(node_config)
         self.flower_run_id = flower_run_id
-        self.cfg = RunConfig.parse(self.run_config)
-        self.ctx = TaskContext(self.run_config, self.node_config, self.cfg.seed, find_app_dir())
+        self.shared = shared or RunShared(self.run_config)
+        self.cfg = self.shared.cfg
+        self.ctx = TaskContext(self.run_config, self.node_config, self.cfg.seed,
+                               self.shared.app_dir)
         self.task: Task = load_task(self.cfg.task, self.ctx)
         self.device = pick_device(self.cfg.device)
 
@@ -65,12 +86,16 @@ class NodeRuntime:
         if self.cfg.dp:
             from clients.task.checks import check_private_model
 
-            check_private_model(self.task.build_model(self.ctx))
+            self.shared.fact(self.task, "dp-trainable",
+                             lambda: check_private_model(self.task.build_model(self.ctx)))
         return n
 
     @cached_property
     def metric_names(self) -> list[str]:
         """The task's metric names (from one training example; values are discarded)."""
+        return list(self.shared.fact(self.task, "metric-names", self._metric_names))
+
+    def _metric_names(self) -> list[str]:
         x, y = self.data.train[0]
         model = self.task.build_model(self.ctx).to(self.device).eval()
         with torch.no_grad():
@@ -218,6 +243,7 @@ class NodeRuntime:
 
 
 _RUNTIMES: dict[tuple[Any, ...], NodeRuntime] = {}
+_SHARED: dict[tuple[Any, ...], RunShared] = {}
 #: A simulation worker serves many virtual nodes: a round's sample (100 of 10,000, say) is
 #: admitted, then trained, so the cache must outlast a round or every node is built twice.
 MAX_RUNTIMES = 128
@@ -232,5 +258,11 @@ def node_runtime(run_config: Mapping[str, Any], node_config: Mapping[str, Any],
     if runtime is None:
         if len(_RUNTIMES) >= MAX_RUNTIMES:  # a long-lived process must not keep every node
             _RUNTIMES.pop(next(iter(_RUNTIMES)))
-        runtime = _RUNTIMES[key] = NodeRuntime(run_config, node_config, flower_run_id)
+        run_key = (flower_run_id, key[2])
+        shared = _SHARED.get(run_key)
+        if shared is None:
+            if len(_SHARED) >= 8:
+                _SHARED.pop(next(iter(_SHARED)))
+            shared = _SHARED[run_key] = RunShared(run_config)
+        runtime = _RUNTIMES[key] = NodeRuntime(run_config, node_config, flower_run_id, shared)
     return runtime

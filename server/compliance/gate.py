@@ -107,6 +107,7 @@ class AdmissionGate:
         # a busy machine): their query stays out, and they join the round after they answer.
         self.silent: dict[str, str] = {}  # node -> one line
         self._pending: dict[str, int] = {}  # admission message id -> node
+        self._queued: set[int] = set()  # prefetched, not pushed yet
         self.manifest_sha: dict[str, str] = {}
         # every manifest seen so far: facts across nodes (who receives the model, foreign
         # parties) are judged over the whole federation, not one batch of newcomers
@@ -175,22 +176,49 @@ class AdmissionGate:
     def admit(self, grid: Grid, node_ids: Iterable[int]) -> set[int]:
         """Check nodes not seen before; return the ones allowed to train."""
         ids = set(node_ids)
+        if self._queued and hasattr(grid, "flush_riders"):
+            grid.flush_riders()
         if self._pending:  # late answers, without waiting for them
             self._judge(self._collect(grid, 0.0), late=True)
+        asked = {n for n in self._pending.values() if n in ids and str(n) not in self.silent}
+        if asked:  # prefetched for this round: wait for those answers as for new ones
+            self._await(grid, asked)
         new = sorted(ids - self.checked)
         if new:
             self._check(grid, new)
         return self.allowed & ids
+
+    def prefetch(self, grid: Grid, node_ids: Iterable[int]) -> None:
+        """Ask nodes a later round will sample, with the next exchange (the grid's riders):
+        their answers are judged when that round admits them, so the round does not wait for
+        an admission exchange of its own. Nothing changes which nodes are chosen, and no node
+        trains before it was admitted."""
+        if not hasattr(grid, "ride_along"):
+            return
+        new = [n for n in node_ids if n not in self.checked and n not in self._queued]
+        if not new:
+            return
+        self._queued.update(new)
+
+        def pushed(pairs: list[tuple[str, Message]]) -> None:
+            for mid, msg in pairs:
+                nid = msg.metadata.dst_node_id
+                self._queued.discard(nid)
+                self.checked.add(nid)
+                self._pending[mid] = nid
+
+        grid.ride_along(admission_queries(new), pushed)
 
     def _exclude(self, nid: int, line: str, rules: list[str]) -> None:
         self.excluded[str(nid)] = line
         self.run.node_result(0, nid, "admission", "excluded", {"reason": line, "rules": rules})
         self.run.event("node-excluded", line, 0, nid, {"rules": rules})
 
-    def _collect(self, grid: Grid, timeout: float) -> dict[str, dict[str, Any]]:
-        """Answers to pending admission queries by node, polling up to `timeout` seconds.
-        (A reply is matched by the query it answers: the SuperLink answers for a dead node
-        from its own id.)"""
+    def _collect(self, grid: Grid, timeout: float, want: set[int] | None = None
+                 ) -> dict[str, dict[str, Any]]:
+        """Answers to pending admission queries by node, polling up to `timeout` seconds
+        (until the nodes in `want` answered, when given). A reply is matched by the query it
+        answers: the SuperLink answers for a dead node from its own id."""
         deadline = time.monotonic() + timeout
         answers: dict[str, dict[str, Any]] = {}
         delay = 0.02
@@ -199,7 +227,8 @@ class AdmissionGate:
                 nid = self._pending.pop(reply.metadata.reply_to_message_id, None)
                 if nid is not None:
                     answers[str(nid)] = read_answer(reply)
-            if not self._pending or time.monotonic() >= deadline:
+            waiting = (set(self._pending.values()) & want) if want is not None else self._pending
+            if not waiting or time.monotonic() >= deadline:
                 break
             time.sleep(delay)
             delay = min(0.5, delay * 2)
@@ -209,9 +238,15 @@ class AdmissionGate:
         self.checked.update(node_ids)
         mids = list(grid.push_messages(admission_queries(node_ids)))
         self._pending.update(zip(mids, node_ids, strict=False))
-        answers = self._collect(grid, self.timeout)
-        for nid in node_ids:
-            if str(nid) not in answers:
+        self._await(grid, set(node_ids))
+
+    def _await(self, grid: Grid, node_ids: set[int]) -> None:
+        """Wait up to the timeout for these nodes' answers (and take any other that came);
+        a node that stays silent joins a round after it answers."""
+        answers = self._collect(grid, self.timeout, node_ids)
+        still = set(self._pending.values())
+        for nid in sorted(node_ids):
+            if nid in still:
                 line = (f"node {nid}: did not answer the admission query within "
                         f"{self.timeout:g} s; it joins the round after it answers")
                 self.silent[str(nid)] = line

@@ -29,6 +29,20 @@ def sampling_order(nodes: Iterable[int], seed: int, rnd: int) -> list[int]:
     return sorted(nodes, key=rank)
 
 
+def round_size(connected: int, fraction: float, min_nodes: int) -> int:
+    """How many nodes a round samples from `connected`."""
+    return min(connected, max(min_nodes, math.ceil(fraction * connected)))
+
+
+def first_choices(grid: Grid, fraction: float, min_nodes: int, seed: int, rnd: int
+                  ) -> list[int]:
+    """The nodes round `rnd` asks first (its sample if the gate admits them all): what to
+    prefetch admission answers for."""
+    connected = list(grid.get_node_ids())
+    return sampling_order(connected, seed, rnd)[:round_size(len(connected), fraction,
+                                                             min_nodes)]
+
+
 def admit_in_order(order: list[int], size: int, admit: Callable[[list[int]], set[int]]
                    ) -> list[int]:
     """The first `size` nodes of `order` the gate allows, asking it only about as many nodes as
@@ -60,7 +74,7 @@ def sample_nodes(
     next_log = 0.0
     while True:
         connected = list(grid.get_node_ids())
-        size = min(len(connected), max(min_nodes, math.ceil(fraction * len(connected))))
+        size = round_size(len(connected), fraction, min_nodes)
         chosen = admit_in_order(sampling_order(connected, seed, rnd), size, admit)
         if len(chosen) >= min_nodes:
             return sorted(chosen)
