@@ -9,7 +9,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from server.driver import RunRefused, drive_run
-from server.rounds.grid import SIMULATION_WINDOW, FastPollGrid
+from server.rounds.grid import SIMULATION_SCAN_BUDGET, FastPollGrid
 
 app = ServerApp()
 
@@ -33,8 +33,15 @@ def main(grid: Grid, context: Context) -> None:
     _limit_threads()
     try:
         mode = _mode(grid)
-        window = SIMULATION_WINDOW if mode == "simulation" else 0
-        drive_run(FastPollGrid(grid, window=window), context.run_config, context.run_id, mode)
+        budget = SIMULATION_SCAN_BUDGET if mode == "simulation" else 0
+        import os
+        import sys
+        if os.environ.get("FG_SWITCH"):
+            sys.setswitchinterval(float(os.environ["FG_SWITCH"]))
+        if os.environ.get("FG_BUDGET"):
+            budget = int(os.environ["FG_BUDGET"])
+        drive_run(FastPollGrid(grid, scan_budget=budget), context.run_config, context.run_id,
+                  mode)
     except RunRefused as err:
         log(ERROR, "fedguard: %s", err)
         raise SystemExit(1) from None

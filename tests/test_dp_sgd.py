@@ -519,3 +519,17 @@ def test_a_process_calibrates_once_per_run_and_sample_rate(tmp_path: Path,
     _session(_ledger(tmp_path / "other-rate"), "run-c", batch_size=32).noise_multiplier  # noqa: B018
     _session(_ledger(tmp_path / "other-run"), "run-d").noise_multiplier  # noqa: B018
     assert len(calls) == 3  # another sample rate, another run: calibrated anew
+
+
+def test_clip_monitor_observes_every_fourth_step_from_the_first() -> None:
+    """The norms are recomputed on a sample of the steps (a tenth of a CNN step each)."""
+    monitor = dp_sgd.ClipMonitor(1.0)
+    assert [monitor.due() for _ in range(9)] == [True, False, False, False, True,
+                                                 False, False, False, True]
+    x, y = _data()
+    model = _model()
+    t = make_private(model, _sgd(model, 0.5), _loader(16, x, y), 0.3,
+                     DPSGDConfig(enabled=True, grad_sample_mode="ew"), nn.CrossEntropyLoss())
+    _epoch(t)
+    assert t.steps_taken == 6 and t.monitor.steps == 6
+    assert 0 < t.monitor.seen < N  # two of the six steps' samples, not all of them

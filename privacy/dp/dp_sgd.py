@@ -199,12 +199,23 @@ class ClipMonitor:
     stored in ``model.per_sample_gradient_norms`` during the first backward pass. A sample
     counts as clipped when its norm exceeds ``max_grad_norm`` (Opacus scales it by
     ``max_grad_norm / (norm + 1e-6)`` then).
+
+    Recomputing the norms costs about a tenth of a DP step on the CNN (Opacus computes them
+    again and keeps none), so only every ``every``-th step is observed, the first one
+    always: the fraction is a sample of the round's steps, a diagnostic that stays on the node.
     """
 
     max_grad_norm: float
     clipped: int = 0
     seen: int = 0
     norms_sum: float = 0.0
+    every: int = 4
+    steps: int = 0
+
+    def due(self) -> bool:
+        """Whether this optimizer step is one the monitor observes (counts the step)."""
+        self.steps += 1
+        return (self.steps - 1) % self.every == 0
 
     def observe(self, norms: torch.Tensor) -> None:
         norms = norms.detach().reshape(-1)
@@ -237,8 +248,11 @@ def _attach_monitor(model: Any, optimizer: Any, mode: str, monitor: ClipMonitor)
     original: Callable[..., Any] = optimizer.pre_step
 
     def pre_step(closure: Callable[[], float] | None = None) -> Any:
+        norms = None
         try:
-            norms = model.per_sample_gradient_norms if mode == "ghost" else _hooks_norms(optimizer)
+            if monitor.due():
+                norms = (model.per_sample_gradient_norms if mode == "ghost"
+                         else _hooks_norms(optimizer))
         except (ValueError, AttributeError, TypeError):
             norms = None  # no backward happened yet; Opacus itself will complain
         if norms is not None:

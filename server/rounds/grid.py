@@ -22,20 +22,28 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 SUPERLINK_NODE_ID = 1  # flwr.common.constant.SUPERLINK_NODE_ID
-#: Messages in flight per simulation: about two vce polls' worth for two workers (measured in
-#: scripts/bench_scale.py at 1,000 nodes: 8 -> 32, 16 -> 34, all at once -> 26 DP
-#: client-rounds/s).
-SIMULATION_WINDOW = 16
+#: A simulation keeps (messages in flight) x (virtual nodes) under this: the cost of one vce
+#: poll. At 1,000 nodes that is 16 messages (scripts/bench_scale.py, DP client-rounds/s: 8 in
+#: flight -> 32, 16 -> 34, all 100 at once -> 26); at 100 nodes every message goes at once.
+SIMULATION_SCAN_BUDGET = 16_000
+MIN_WINDOW = 8
+
+
+def simulation_window(nodes: int) -> int:
+    """Messages in flight for a simulation of `nodes` virtual nodes."""
+    return max(MIN_WINDOW, SIMULATION_SCAN_BUDGET // max(nodes, 1))
 OnPush = Callable[[list[tuple[str, Message]]], None]
 
 
 class FastPollGrid(Grid):
     """Delegates to `inner`, with a short poll interval in `send_and_receive`."""
 
-    def __init__(self, inner: Grid, poll_interval: float = 0.1, window: int = 0) -> None:
+    def __init__(self, inner: Grid, poll_interval: float = 0.1, window: int = 0,
+                 scan_budget: int = 0) -> None:
         self.inner = inner
         self.poll_interval = poll_interval
         self.window = window  # 0: push every message at once
+        self.scan_budget = scan_budget  # > 0: the window follows the node count (simulation)
         self._riders: deque[tuple[Message, OnPush]] = deque()
         self._rider_ids: set[str] = set()
         self._stash: dict[str, Message] = {}  # riders' replies pulled early, by request id
@@ -98,6 +106,8 @@ class FastPollGrid(Grid):
         dead node of a round would be recorded as one node "1".
         """
         queue = deque(messages)
+        if self.scan_budget:
+            self.window = simulation_window(len(list(self.inner.get_node_ids())))
         deadline = None if timeout is None else time.monotonic() + timeout
         destination: dict[str, int] = {}
         pending: set[str] = set()
