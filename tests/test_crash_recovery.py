@@ -99,7 +99,7 @@ def test_node_crash_then_server_crash_then_resume(tmp_path: Path) -> None:
 
     store = RunStore.in_dir(data_dir, readonly=True)
     run = store.get_run(run_id)
-    assert run["status"] == "completed" and run["last_round"] == 3
+    assert (run["status"], run["last_round"]) == ("completed", 3), run["error"]
     rounds = {r["round"]: r for r in store.rounds(run_id)}
     assert sorted(rounds) == [1, 2, 3]  # none lost, none twice
     ok = ok_train_rows(store, run_id)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import pytest
 from flwr.app import Context, Error, Message
+from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
 import clients.client_app as client_app
@@ -202,3 +204,67 @@ def test_prefetched_answers_admit_a_later_round_without_an_exchange_of_its_own(t
     assert len(inner.queried) == asked_before + len(fresh)  # no new admission exchange
     assert allowed == set(order[:6]) - broken
     assert str(order[2]) in gate.excluded  # a failing prefetched node is still excluded
+
+
+class UnreachedGrid(AdmissionGrid):
+    """The SuperLink answers for `unreached` nodes (missed heartbeats) `times` times each."""
+
+    def __init__(self, ids: list[int], run_config: dict, unreached: set[int], times: int) -> None:
+        super().__init__(ids, run_config, broken=set())
+        self.left = dict.fromkeys(unreached, times)
+
+    def deliver(self, msg: Message, context: Context) -> Message | None:
+        nid = context.node_id
+        if self.left.get(nid, 0) > 0:
+            self.left[nid] -= 1
+            self.queried.append(nid)
+            return Message(Error(code=ErrorCode.NODE_UNAVAILABLE,
+                                 reason="Error: Node Unavailable"), reply_to=msg)
+        return super().deliver(msg, context)
+
+
+def _unreached_gate(tmp_path, monkeypatch, ids: list[int], unreached: set[int], times: int,
+                    mode: str = "deployment"):
+    import server.compliance.gate as gate_module
+
+    monkeypatch.setattr(gate_module, "RETRY_UNAVAILABLE_S", 0.05)
+    config = {"num-server-rounds": 1, "min-nodes": len(ids), "policy-packs": "none"}
+    run, _ = make_run(tmp_path, config)
+    grid = UnreachedGrid(ids, config, unreached, times)
+    gate = AdmissionGate(run, policy_config(config, mode), tmp_path,
+                         AuditLog(tmp_path / "audit.jsonl"), timeout=5,
+                         min_nodes=len(ids), mode=mode)
+    return gate, grid, run
+
+
+def test_a_node_the_superlink_could_not_reach_is_asked_again_not_excluded(
+        tmp_path, monkeypatch) -> None:
+    # A SuperNode reconnecting after a SuperLink restart: its first query comes back as the
+    # SuperLink's own NODE_UNAVAILABLE error. That is no verdict on its data.
+    gate, grid, run = _unreached_gate(tmp_path, monkeypatch, [1, 2, 3], {2}, times=2)
+    gate.open(grid, wait=10)
+    assert gate.allowed == {1, 2, 3} and not gate.excluded
+    assert grid.queried.count(2) == 3  # twice unreached, then answered
+    kinds = [e["kind"] for e in run.store.events(run.run_id)]
+    assert kinds.count("node-unreached") == 1  # one line per node, not one per attempt
+    assert "node-excluded" not in kinds
+
+
+def test_a_node_that_stays_unreachable_blocks_at_the_deadline_with_the_reason(
+        tmp_path, monkeypatch) -> None:
+    gate, grid, _ = _unreached_gate(tmp_path, monkeypatch, [1, 2, 3], {3}, times=10**6)
+    with pytest.raises(GateFailed, match="node 3: the SuperLink could not reach it"):
+        gate.open(grid, wait=1.0)
+    assert not gate.excluded and 3 not in gate.allowed
+
+
+def test_a_round_passes_over_an_unreached_node_and_takes_it_back_later(
+        tmp_path, monkeypatch) -> None:
+    ids = list(range(1, 11))
+    order = sampling_order(ids, 42, 1)
+    gate, grid, _ = _unreached_gate(tmp_path, monkeypatch, ids, {order[0]}, times=1,
+                                    mode="simulation")
+    chosen = sample_nodes(grid, lambda b: gate.admit(grid, b), 1, 0.3, 3, 42, timeout=5)
+    assert order[0] not in chosen and chosen == sorted(order[1:4])  # the next one stands in
+    time.sleep(0.06)
+    assert gate.admit(grid, [order[0]]) == {order[0]}  # back after the pause, and admitted

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
@@ -34,6 +35,11 @@ from server.store.records import VerdictRecord
 
 GATE_OFF = "none"
 REPORT_EVERY_S = 30.0  # simulations: the longest the report files lag behind new verdicts
+RETRY_UNAVAILABLE_S = 2.0  # a node the SuperLink reported unreachable is asked again after this
+# Errors the SuperLink itself returns for a query (the node missed its heartbeats, the query
+# or its reply expired): the node was not reached, so this says nothing about its data.
+UNREACHED = {ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE,
+             ErrorCode.REPLY_MESSAGE_UNAVAILABLE}
 
 
 class GateFailed(Exception):
@@ -78,9 +84,13 @@ def admission_queries(node_ids: Iterable[int]) -> list[Message]:
 
 
 def read_answer(reply: Message) -> dict[str, Any]:
-    """One admission answer; an error reply becomes {"error": [last line of the reason]}."""
+    """One admission answer; an error reply becomes {"error": [last line of the reason]}, or
+    {"unreached": reason} when the SuperLink answered because the node could not be reached."""
     if reply.has_error():
-        return {"error": (reply.error.reason or "").strip().splitlines()[-1:] or [""]}
+        last = (reply.error.reason or "").strip().splitlines()[-1:] or [""]
+        if reply.error.code in UNREACHED:
+            return {"unreached": last[0]}
+        return {"error": last}
     rec = reply.content.config_records.get(wire.ADMISSION)
     return dict(rec) if rec is not None else {}
 
@@ -106,6 +116,9 @@ class AdmissionGate:
         # Nodes that did not answer within the timeout (a node still starting its ClientApp,
         # a busy machine): their query stays out, and they join the round after they answer.
         self.silent: dict[str, str] = {}  # node -> one line
+        # Nodes the SuperLink could not reach (a SuperNode reconnecting after a SuperLink
+        # restart, a network blip): not judged, asked again once they are listed after a pause.
+        self.unreached: dict[int, float] = {}  # node -> when it may be asked again
         self._pending: dict[str, int] = {}  # admission message id -> node
         self._queued: set[int] = set()  # prefetched, not pushed yet
         self.manifest_sha: dict[str, str] = {}
@@ -146,14 +159,15 @@ class AdmissionGate:
             connected = sorted(grid.get_node_ids())
             eligible = self.allowed & set(connected)
             unchecked = [n for n in sampling_order(connected, self.run.ctx.seed, first)
-                         if n not in self.checked]
+                         if n not in self.checked and self._may_ask(n)]
             if len(eligible) < self.min_nodes and unchecked:
                 self.admit(grid, unchecked[:self.min_nodes - len(eligible)])
                 continue
             if len(eligible) >= self.min_nodes:
                 return
             all_present = self.mode == "simulation" or len(connected) >= self.min_nodes
-            decided = not self.silent  # a silent node may still answer before the deadline
+            # a silent or unreached node may still answer before the deadline
+            decided = not self.silent and not (self.unreached.keys() & set(connected))
             now = time.monotonic()
             if (all_present and decided and self.excluded) or now >= deadline:
                 raise GateFailed(self._shortfall(len(eligible), len(connected), now >= deadline,
@@ -171,6 +185,8 @@ class AdmissionGate:
             head += f" (waited {wait:.0f} s for nodes to connect; raise node-wait-timeout)"
         lines = [self.excluded[n] for n in sorted(self.excluded)]
         lines += [self.silent[n] for n in sorted(self.silent)]
+        lines += [f"node {n}: the SuperLink could not reach it (no heartbeat)"
+                  for n in sorted(self.unreached)]
         return "; ".join([head, *lines])
 
     def admit(self, grid: Grid, node_ids: Iterable[int]) -> set[int]:
@@ -183,10 +199,14 @@ class AdmissionGate:
         asked = {n for n in self._pending.values() if n in ids and str(n) not in self.silent}
         if asked:  # prefetched for this round: wait for those answers as for new ones
             self._await(grid, asked)
-        new = sorted(ids - self.checked)
+        new = sorted(n for n in ids - self.checked if self._may_ask(n))
         if new:
             self._check(grid, new)
         return self.allowed & ids
+
+    def _may_ask(self, nid: int) -> bool:
+        """False while a node the SuperLink could not reach is in its pause."""
+        return time.monotonic() >= self.unreached.get(nid, 0.0)
 
     def prefetch(self, grid: Grid, node_ids: Iterable[int]) -> None:
         """Ask nodes a later round will sample, with the next exchange (the grid's riders):
@@ -195,7 +215,8 @@ class AdmissionGate:
         trains before it was admitted."""
         if not hasattr(grid, "ride_along"):
             return
-        new = [n for n in node_ids if n not in self.checked and n not in self._queued]
+        new = [n for n in node_ids
+               if n not in self.checked and n not in self._queued and self._may_ask(n)]
         if not new:
             return
         self._queued.update(new)
@@ -258,7 +279,17 @@ class AdmissionGate:
         data_ok: list[int] = []
         for key, answer in sorted(answers.items()):
             nid = int(key)
-            if self.silent.pop(key, None) is not None and late:
+            was_silent = self.silent.pop(key, None) is not None
+            if "unreached" in answer:  # not judged: asked again when it is back
+                self.checked.discard(nid)
+                if nid not in self.unreached:
+                    self.run.event("node-unreached", f"node {nid}: the SuperLink could not "
+                                   f"reach it ({answer['unreached']}); it is asked again when "
+                                   "it reconnects", 0, nid)
+                self.unreached[nid] = time.monotonic() + RETRY_UNAVAILABLE_S
+                continue
+            self.unreached.pop(nid, None)
+            if was_silent and late:
                 self.run.event("node-answered", f"node {nid} answered the admission query "
                                "late", 0, nid)
             if "error" in answer:
