@@ -104,7 +104,8 @@ def test_secure_mode_is_accepted_where_torchcsprng_exists(monkeypatch: pytest.Mo
         ("dp-epsilon", "lots", "run config dp-epsilon='lots': must be a number; e.g. 3.0"),
         ("dp-max-grad-norm", -1, "run config dp-max-grad-norm=-1.0: must be > 0; e.g. 1.0"),
         ("dp-accountant", "gdp", "run config dp-accountant='gdp': use one of rdp, prv"),
-        ("dp-grad-mode", "fast", "run config dp-grad-mode='fast': use one of hooks, ghost, ew"),
+        ("dp-grad-mode", "fast",
+         "run config dp-grad-mode='fast': use one of auto, hooks, ghost, ew"),
         ("dp", "maybe", "run config dp='maybe': must be true or false"),
         ("dp-secure-mode", 2, "run config dp-secure-mode=2: must be true or false"),
     ],
@@ -476,7 +477,38 @@ def test_expanded_weights_refuse_a_layer_they_cannot_expand_naming_the_fix() -> 
     with pytest.raises(DPConfigError) as info:
         make_private(model, _sgd(model), _loader(16, x, y), 1.0, cfg)
     assert str(info.value) == ("dp-grad-mode='ew' does not support Scale at '1': set "
-                               "dp-grad-mode='hooks'")
+                               "dp-grad-mode='hooks' (or 'auto')")
+
+
+def test_auto_mode_takes_expanded_weights_when_the_layers_allow_and_hooks_otherwise() -> None:
+    """The default engine works for a task's own layers: a model with a layer expanded weights
+    cannot expand trains on hooks, one without trains on ew; both are clipped and noised."""
+
+    class Scale(nn.Module):  # Opacus hooks have a per-sample gradient for it, ew has none
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.w
+
+    from opacus.grad_sample import register_grad_sampler
+
+    @register_grad_sampler(Scale)
+    def _scale_grads(layer: Scale, activations: list[torch.Tensor], backprops: torch.Tensor):
+        return {layer.w: torch.einsum("n...i,n...i->ni", activations[0], backprops)}
+
+    x, y = _data()
+    assert DPSGDConfig(enabled=True).grad_sample_mode == "auto"
+    for model, expected in ((_model(), "ew"), (nn.Sequential(nn.Linear(FEATURES, 2), Scale()),
+                                               "hooks")):
+        before = [p.detach().clone() for p in model.parameters()]
+        t = make_private(model, _sgd(model), _loader(16, x, y), 1.0, DPSGDConfig(enabled=True))
+        assert t.grad_sample_mode == expected
+        _epoch(t)
+        after = list(t.finish().parameters())
+        assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+        assert t.steps_taken > 0
 
 
 def test_expanded_weights_give_the_same_step_as_hooks() -> None:

@@ -245,8 +245,12 @@ def test_a_node_the_superlink_could_not_reach_is_asked_again_not_excluded(
     gate.open(grid, wait=10)
     assert gate.allowed == {1, 2, 3} and not gate.excluded
     assert grid.queried.count(2) == 3  # twice unreached, then answered
-    kinds = [e["kind"] for e in run.store.events(run.run_id)]
+    events = run.store.events(run.run_id)
+    kinds = [e["kind"] for e in events]
     assert kinds.count("node-unreached") == 1  # one line per node, not one per attempt
+    line = next(e["message"] for e in events if e["kind"] == "node-unreached")
+    assert line == ("node 2: the SuperLink could not reach it (Error: Node Unavailable); "
+                    "it is asked again when it reconnects")
     assert "node-excluded" not in kinds
 
 

@@ -576,7 +576,7 @@ DOCS = ROOT / "docs" / "tasks.md"
 SOURCES = [ROOT / "clients" / d for d in ("task", "tasks", "node", "training")] + [
     ROOT / "server" / d for d in ("compliance", "deploy")]
 TESTS = [Path(__file__)] + [Path(__file__).with_name(f"test_{n}.py")
-                            for n in ("tabular", "examples")]
+                            for n in ("tabular", "examples", "lazy_admission")]
 PLACEHOLDER = r"\{[^{}]*\}"
 
 

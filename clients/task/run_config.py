@@ -75,9 +75,10 @@ class RunConfig:
                            hi_open=True)
     dp_max_grad_norm: float = _key(1.0, "per-sample clipping norm", S_DP, lo=0.0, lo_open=True)
     dp_accountant: str = _key("rdp", "privacy accountant", S_DP, choices=("rdp", "prv"))
-    dp_grad_mode: str = _key("ew", "Opacus per-sample gradients: ew (expanded weights, the "
-                             "fastest on CPU), hooks (the most layer types) or ghost", S_DP,
-                             choices=("ew", "hooks", "ghost"))
+    dp_grad_mode: str = _key("auto", "Opacus per-sample gradients: auto (ew when the model's "
+                             "layers allow it, else hooks), ew (expanded weights, the fastest "
+                             "on CPU), hooks (the most layer types) or ghost", S_DP,
+                             choices=("auto", "ew", "hooks", "ghost"))
     dp_secure_mode: bool = _key(False, "Opacus secure mode (needs torchcsprng)", S_DP)
     dp_privacy_unit: str = _key("record", "what DP protects (declared for policy P4)", S_DP,
                                 choices=("record", "user"))

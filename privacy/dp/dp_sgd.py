@@ -58,7 +58,9 @@ __all__ = [
 #: inside autograd, no summed gradient computed and thrown away) was the fastest on CPU for the
 #: bundled MLP and CNN (scripts/bench_privacy.py); "hooks" supports the most layer types;
 #: "ghost" (fast gradient clipping) saves memory at the cost of a second backward pass.
-GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "ghost", "ew")
+#: "auto" takes "ew" when every trainable layer of the model is one expanded weights cover,
+#: "hooks" otherwise, so a task's own layers work without the user choosing an engine.
+GRAD_SAMPLE_MODES: tuple[str, ...] = ("auto", "hooks", "ghost", "ew")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -102,7 +104,7 @@ class DPSGDConfig:
     delta: float = 1e-5
     max_grad_norm: float = 1.0
     accountant: str = "rdp"
-    grad_sample_mode: str = "hooks"
+    grad_sample_mode: str = "auto"
     secure_mode: bool = False
     poisson_sampling: bool = True
 
@@ -279,6 +281,7 @@ class PrivateTraining:
     sample_rate: float
     rng: str
     monitor: ClipMonitor = field(repr=False, default_factory=lambda: ClipMonitor(1.0))
+    grad_sample_mode: str = "hooks"  # the engine used ("auto" resolved)
 
     def clipped_fraction(self) -> float | None:
         """Fraction of per-sample gradients clipped since the last reset (see ClipMonitor)."""
@@ -381,16 +384,34 @@ def check_private_model(model: nn.Module) -> None:
             )
 
 
-def _check_expanded_weights(model: nn.Module) -> None:
-    """Expanded weights cover fewer layer types than hooks: refuse early, naming the layer."""
-    supported = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.GroupNorm,
-                 nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+_EW_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.GroupNorm,
+              nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def _first_non_ew_layer(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """The first trainable layer torch's expanded weights cannot expand, if any."""
     for name, module in model.named_modules():
         if any(p.requires_grad for p in module.parameters(recurse=False)) and not isinstance(
-                module, supported):
-            raise DPConfigError(
-                f"dp-grad-mode='ew' does not support {type(module).__name__} at "
-                f"{name or '<root>'!r}: set dp-grad-mode='hooks'")
+                module, _EW_LAYERS):
+            return name, module
+    return None
+
+
+def _check_expanded_weights(model: nn.Module) -> None:
+    """Expanded weights cover fewer layer types than hooks: refuse early, naming the layer."""
+    found = _first_non_ew_layer(model)
+    if found is not None:
+        name, module = found
+        raise DPConfigError(
+            f"dp-grad-mode='ew' does not support {type(module).__name__} at "
+            f"{name or '<root>'!r}: set dp-grad-mode='hooks' (or 'auto')")
+
+
+def resolve_grad_sample_mode(mode: str, model: nn.Module) -> str:
+    """The engine to use: "auto" is "ew" (the fastest on CPU) when the model allows it."""
+    if mode != "auto":
+        return mode
+    return "ew" if _first_non_ew_layer(model) is None else "hooks"
 
 
 def make_private(
@@ -411,7 +432,7 @@ def make_private(
             f"model cannot be trained with DP-SGD: {str(errors[0]).splitlines()[0]}"
         )
     criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
-    mode = cfg.grad_sample_mode
+    mode = resolve_grad_sample_mode(cfg.grad_sample_mode, model)
     if mode == "ew":
         _check_expanded_weights(model)
     with warnings.catch_warnings():
@@ -446,6 +467,7 @@ def make_private(
         sample_rate=1.0 / len(p_loader),
         rng=rng,
         monitor=monitor,
+        grad_sample_mode=mode,
     )
 
 
