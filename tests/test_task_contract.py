@@ -193,6 +193,84 @@ def test_unseen_task_trains_with_dp_and_secagg_and_a_mismatched_node_is_left_out
     assert sorted(signed["record"]["privacy"]) == sorted(str(n) for n in NODE_IDS[:3])
 
 
+# Token ids into an nn.Embedding, and a layer of the user's own (a learnt temperature, with its
+# per-sample gradient registered for Opacus): integer features, and a model the default
+# dp-grad-mode='auto' must train with Opacus hooks since expanded weights cannot expand it.
+TOKEN_TASK = '''
+from pathlib import Path
+
+import numpy as np
+import torch
+from opacus.grad_sample import register_grad_sampler
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from clients.task import NodeData, Task, TensorSchema
+
+HERE = Path(__file__).parent
+VOCAB, LENGTH, TOPICS = 120, 10, 3
+
+
+class Temperature(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.t = nn.Parameter(torch.ones(TOPICS))
+
+    def forward(self, x):
+        return x * self.t
+
+
+@register_grad_sampler(Temperature)
+def _per_sample(layer, activations, backprops):
+    return {layer.t: activations[0] * backprops}
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, 12)
+        self.head = nn.Linear(12, TOPICS)
+        self.temp = Temperature()
+
+    def forward(self, x):
+        return self.temp(self.head(self.emb(x).mean(1)))
+
+
+def draw(n, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, TOPICS, n)
+    own = y[:, None] * (VOCAB // TOPICS) + rng.integers(0, VOCAB // TOPICS, (n, LENGTH))
+    x = np.where(rng.random((n, LENGTH)) < 0.6, own, rng.integers(0, VOCAB, (n, LENGTH)))
+    return TensorDataset(torch.tensor(x, dtype=torch.long), torch.tensor(y))
+
+
+def load_data(ctx):
+    return NodeData(train=draw(200, 10 + ctx.partition_id), val=draw(40, 50 + ctx.partition_id))
+
+
+task = Task(model=Net, load_data=load_data, server_data=lambda ctx: draw(300, 99),
+            schema=TensorSchema((LENGTH,), num_classes=TOPICS, input_dtype="int"),
+            demo_manifest=HERE / "manifest.toml", name="tokens")
+'''
+
+
+@pytest.mark.slow
+def test_a_token_task_with_its_own_layer_trains_with_dp(tmp_path: Path, user_app: Any) -> None:
+    key = user_app(TOKEN_TASK)
+    cfg = run_config(tmp_path, key, dp=True, num_server_rounds=3, local_epochs=2, lr=0.5,
+                     batch_size=32, federated_evaluation=False)
+    grid = AppGrid(NODE_IDS[:3], cfg)
+    assert drive_run(grid, cfg, 1, "simulation") == COMPLETED
+    store = RunStore.in_dir(cfg["data-dir"])
+    assert not store.events("1", "node-excluded")
+    acc = [m.value for m in store.round_metrics("1")
+           if m.source == "server" and m.name == "accuracy"]
+    assert len(acc) == 3 and acc[-1] >= 0.6, acc  # chance is 1/3
+    ledger = PrivacyLedger(Path(cfg["data-dir"]) / "nodes" / "partition-0" /
+                           "privacy-ledger.sqlite", create=False)
+    assert [e.round for e in ledger.releases() if e.kind == "dp-sgd"] == [1, 2, 3]
+
+
 BATCHNORM_TASK = '''
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -502,12 +580,32 @@ def test_a_task_key_of_the_wrong_type_names_the_key_and_an_example() -> None:
 SCHEMA = TensorSchema((3,), num_classes=2)
 
 
+def test_integer_features_pass_where_the_schema_or_the_model_takes_them() -> None:
+    tokens = TensorDataset(torch.randint(0, 50, (4, 3)), torch.tensor([0, 1, 0, 1]))
+    ids = TensorSchema((3,), num_classes=2, input_dtype="int")
+    assert check_node_data(NodeData(tokens), ids, "classification") == 4
+    assert check_node_data(NodeData(tokens), None, "classification") == 4  # no schema
+    assert ids.zeros(2).dtype == torch.long and SCHEMA.zeros(2).dtype == torch.float32
+    with pytest.raises(TaskError) as exc:
+        TensorSchema((3,), input_dtype="text")
+    assert one_line(exc.value) == ("TensorSchema input_dtype='text': use 'float', or 'int' for "
+                                   "token ids or category codes")
+
+
 @pytest.mark.parametrize(("data", "schema", "kind", "expected"), [
     (NodeData([torch.rand(3)]), SCHEMA, "classification",
      "training set item 0: each item must be a (features, target) pair, got Tensor"),
     (NodeData(TensorDataset(torch.ones(2, 3, dtype=torch.int64), torch.zeros(2))), SCHEMA,
      "classification", "training set item 0: features are torch.int64, need floats; convert "
-     "with .float()"),
+     "with .float() (token ids or category codes: declare TensorSchema(..., "
+     "input_dtype='int'))"),
+    (NodeData(TensorDataset(torch.rand(2, 3), torch.zeros(2, dtype=torch.int64))),
+     TensorSchema((3,), num_classes=2, input_dtype="int"), "classification",
+     "training set item 0: features are torch.float32, the task expects whole numbers (token "
+     "ids or codes); convert with .long()"),
+    (NodeData(TensorDataset(torch.tensor([[1, -2, 0]]), torch.zeros(1, dtype=torch.int64))),
+     TensorSchema((3,), num_classes=2, input_dtype="int"), "classification",
+     "training set item 0: features contain -2; token ids and codes must be >= 0"),
     (NodeData(TensorDataset(torch.tensor([[1.0, float("nan"), 0.0]]), torch.zeros(1))),
      SCHEMA, "classification", "training set item 0: features contain NaN or infinite values; "
      "clean or impute them"),

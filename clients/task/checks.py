@@ -28,10 +28,8 @@ def check_node_data(data: NodeData, schema: TensorSchema | None, kind: str) -> i
             continue
         for i in range(len(ds)):
             x, y = _pair(ds[i], f"{name} item {i}")
-            if not torch.is_floating_point(x):
-                raise TaskError(f"{name} item {i}: features are {x.dtype}, need floats; "
-                                "convert with .float()")
-            if not torch.isfinite(x).all():
+            _check_dtype(x, schema, f"{name} item {i}")
+            if torch.is_floating_point(x) and not torch.isfinite(x).all():
                 raise TaskError(f"{name} item {i}: features contain NaN or infinite values; "
                                 "clean or impute them")
             if schema is None:
@@ -46,6 +44,24 @@ def check_node_data(data: NodeData, schema: TensorSchema | None, kind: str) -> i
                 raise TaskError(f"{name} item {i}: target has shape {tuple(y.shape)}, the task "
                                 f"expects {tuple(schema.target_shape)}")
     return len(data.train)
+
+
+def _check_dtype(x: torch.Tensor, schema: TensorSchema | None, where: str) -> None:
+    """Floats, or whole numbers >= 0 where the schema declares integer inputs (token ids,
+    category codes); without a schema, floats or integers (the model decides)."""
+    whole = not torch.is_floating_point(x) and not torch.is_complex(x) and x.dtype != torch.bool
+    if schema is not None and schema.input_dtype == "int":
+        if not whole:
+            raise TaskError(f"{where}: features are {x.dtype}, the task expects whole numbers "
+                            "(token ids or codes); convert with .long()")
+        if x.numel() and int(x.min()) < 0:
+            raise TaskError(f"{where}: features contain {int(x.min())}; token ids and codes "
+                            "must be >= 0")
+        return
+    if torch.is_floating_point(x) or (schema is None and whole):
+        return
+    raise TaskError(f"{where}: features are {x.dtype}, need floats; convert with .float() "
+                    "(token ids or category codes: declare TensorSchema(..., input_dtype='int'))")
 
 
 def _numel(schema: TensorSchema) -> int:
@@ -94,7 +110,7 @@ def expected_metric_names(task: Any, ctx: Any) -> list[str] | None:
         schema = task.data_schema(ctx)
         if schema is None:
             return None
-        x = torch.zeros((1, *schema.input_shape))
+        x = schema.zeros(1)
         y = (torch.zeros(1, dtype=torch.long) if schema.num_classes is not None
              else torch.zeros((1, *schema.target_shape)))
         model = task.build_model(ctx).eval()

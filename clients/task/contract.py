@@ -97,13 +97,24 @@ class TensorSchema:
     input_shape: tuple[int, ...]
     num_classes: int | None = None  # classification: targets are integers 0..num_classes-1
     target_shape: tuple[int, ...] = ()  # regression: shape of one target (() = a scalar)
+    # "float" (measurements), or "int": whole numbers >= 0 such as token ids or category
+    # codes that the model looks up in an nn.Embedding
+    input_dtype: str = "float"
 
     def __post_init__(self) -> None:
         if not self.input_shape or any(int(d) < 1 for d in self.input_shape):
             raise TaskError(f"TensorSchema input_shape={self.input_shape}: give the shape of "
                             "one example, e.g. (13,)")
+        if self.input_dtype not in ("float", "int"):
+            raise TaskError(f"TensorSchema input_dtype={self.input_dtype!r}: use 'float', or "
+                            "'int' for token ids or category codes")
         if self.num_classes is not None and self.num_classes < 2:
             raise TaskError(f"TensorSchema num_classes={self.num_classes}: needs at least 2")
+
+    def zeros(self, n: int = 1) -> torch.Tensor:
+        """`n` all-zero examples of this schema (a valid input for either dtype)."""
+        dtype = torch.long if self.input_dtype == "int" else torch.float32
+        return torch.zeros((n, *self.input_shape), dtype=dtype)
 
 
 def _default_metrics(kind: str) -> Metrics:
