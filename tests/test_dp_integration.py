@@ -55,6 +55,9 @@ def test_spend_grows_across_rounds_and_runs_and_overspend_is_refused(tmp_path, c
     assert run["status"] == "stopped" and "too few nodes" in run["error"]  # ... and says why
     refusals = store.events(run2, "node-refused")
     assert refusals and all("budget" in e["message"] for e in refusals)
+    # a virtual node: the fix is the run config's budget or a fresh data dir, not the CLI
+    assert all(e["message"].endswith("spans every run in this data dir: raise it or use a "
+                                     "fresh --data-dir") for e in refusals)
     refused_rows = [r for r in store.node_results(run2, "train") if r["status"] == "refused"]
     assert refused_rows and all(r["round"] == 2 for r in refused_rows)
     assert all(r["epsilon"] <= budget for r in refused_rows)

@@ -158,7 +158,9 @@ def test_reserve_composes_settled_and_outstanding_releases(ledger: PrivacyLedger
     assert not third.allowed
     assert third.message == (
         f"node refuses round 3: epsilon would reach {epsilon([ROUND] * 3, DELTA):.2f} > budget "
-        f"{budget:g} at delta 1e-05 (data source {SOURCE!r})"
+        f"{budget:g} at delta 1e-05 (data source {SOURCE!r}); raise the source's budget "
+        "(fedguard-node budget set --allow-raise) or ask for less (a smaller dp-epsilon, fewer "
+        "rounds)"
     )
     ledger.settle(rid, ROUND)
     entries = ledger.releases(SOURCE)

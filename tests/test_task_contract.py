@@ -271,6 +271,53 @@ def test_a_token_task_with_its_own_layer_trains_with_dp(tmp_path: Path, user_app
     assert [e.round for e in ledger.releases() if e.kind == "dp-sgd"] == [1, 2, 3]
 
 
+# numpy's float64 straight into TensorDataset, for features and a regression target, as many
+# users write it: batches are cast to the model's float32, not refused by torch.
+FLOAT64_TASK = '''
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from clients.task import NodeData, Task, TensorSchema
+
+HERE = Path(__file__).parent
+W = np.random.default_rng(3).normal(size=5)
+
+
+def draw(n, seed):
+    x = np.random.default_rng(seed).normal(size=(n, 5))
+    return TensorDataset(torch.from_numpy(x), torch.from_numpy(x @ W))
+
+
+def load_data(ctx):
+    return NodeData(train=draw(120, ctx.partition_id), val=draw(30, 40 + ctx.partition_id))
+
+
+task = Task(model=lambda: nn.Linear(5, 1), load_data=load_data, kind="regression",
+            server_data=lambda ctx: draw(200, 99), schema=TensorSchema((5,)),
+            demo_manifest=HERE / "manifest.toml", name="float64")
+'''
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_float64_data_trains_as_the_models_float32(tmp_path: Path, user_app: Any,
+                                                   dp: bool) -> None:
+    key = user_app(FLOAT64_TASK)
+    cfg = run_config(tmp_path, key, dp=dp, num_server_rounds=3, local_epochs=2, lr=0.05,
+                     batch_size=16)
+    assert drive_run(AppGrid(NODE_IDS[:3], cfg), cfg, 1, "simulation") == COMPLETED
+    store = RunStore.in_dir(cfg["data-dir"])
+    mse = [m.value for m in store.round_metrics("1") if m.source == "server" and m.name == "mse"]
+    assert len(mse) == 3 and all(np.isfinite(mse)), mse
+    trained = [r for r in store.node_results("1", "train") if r["status"] == "ok"]
+    assert len(trained) == 9  # 3 nodes x 3 rounds, none refused or failed
+    if not dp:  # under DP, 120 examples a node at epsilon 8 are too few to learn from
+        assert mse[-1] < 0.5 * mse[0], mse
+
+
 BATCHNORM_TASK = '''
 from torch import nn
 from torch.utils.data import TensorDataset

@@ -117,6 +117,17 @@ class TensorSchema:
         return torch.zeros((n, *self.input_shape), dtype=dtype)
 
 
+class ShapedMSELoss(nn.MSELoss):
+    """The default regression loss: MSE with the output reshaped to the target's shape when
+    they hold as many values ([batch, 1] against [batch]); plain MSELoss would broadcast
+    them to [batch, batch] and train on the wrong loss without a word."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002
+        if input.shape != target.shape and input.numel() == target.numel():
+            input = input.reshape(target.shape)
+        return super().forward(input, target)
+
+
 def _default_metrics(kind: str) -> Metrics:
     if kind == "classification":
         return lambda out, y: {"accuracy": (out.argmax(1) == y).float()}
@@ -244,7 +255,7 @@ class Task:
     def criterion(self) -> nn.Module:
         if self.loss is not None:
             return self.loss
-        return nn.CrossEntropyLoss() if self.kind == "classification" else nn.MSELoss()
+        return nn.CrossEntropyLoss() if self.kind == "classification" else ShapedMSELoss()
 
     def metric_fn(self) -> Metrics:
         return self.metrics or _default_metrics(self.kind)

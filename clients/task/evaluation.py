@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from clients.task.batches import model_dtype, to_model
 from clients.task.contract import Metrics
 
 
@@ -66,8 +67,9 @@ def evaluate(
     model.eval()
     crit = per_example(criterion)
     out = Sums()
+    dtype = model_dtype(model)
     for xb, yb in DataLoader(data, batch_size=batch_size):
-        xb, yb = xb.to(device), yb.to(device)
+        xb, yb = to_model(xb, device, dtype), to_model(yb, device, dtype)
         pred = model(xb)
         loss = crit(pred, yb).reshape(len(yb), -1).mean(1) if crit is not criterion else (
             criterion(pred, yb).expand(len(yb)))

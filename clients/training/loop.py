@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from clients.task.batches import model_dtype, to_model
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -44,12 +46,13 @@ def train_epochs(
     model.train()
     start = time.perf_counter()
     loss_sum, seen, steps = 0.0, 0, 0
+    dtype = model_dtype(model)
     for _ in range(epochs):
         loss_sum, seen = 0.0, 0
         for xb, yb in loader:
             if len(yb) == 0:  # Poisson sampling can draw an empty batch
                 continue
-            xb, yb = xb.to(device), yb.to(device)
+            xb, yb = to_model(xb, device, dtype), to_model(yb, device, dtype)
             optimizer.zero_grad()
             loss = criterion(model(xb), yb)
             loss.backward()

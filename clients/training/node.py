@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from clients.task.batches import model_dtype, to_model
 from clients.task.checks import check_node_data
 from clients.task.contract import NodeData, Task, TaskContext, TaskError
 from clients.task.evaluation import Sums, evaluate
@@ -22,6 +23,7 @@ from clients.task.loading import find_app_dir, load_task
 from clients.task.run_config import RunConfig
 from clients.training.loop import make_loader, pick_device, train_epochs
 from clients.training.privacy import open_session
+from privacy.dp.ledger import OVERSPEND_FIX
 
 State = dict[str, torch.Tensor]
 
@@ -41,6 +43,10 @@ class TrainOutcome:
     # stay on the node (logs, benchmarks): under DP they reveal the data's size or shape
     diagnostics: dict[str, float] = field(default_factory=dict)
 
+
+#: A virtual node's overspend fix: its lifetime budget spans the runs sharing a data dir.
+SIMULATED_FIX = ("; a virtual node's lifetime budget is node-privacy-budget (0 = dp-epsilon) and "
+                 "spans every run in this data dir: raise it or use a fresh --data-dir")
 
 class RunShared:
     """What all of a run's virtual nodes in one process share: the parsed settings, the app's
@@ -98,10 +104,11 @@ class NodeRuntime:
     def _metric_names(self) -> list[str]:
         x, y = self.data.train[0]
         model = self.task.build_model(self.ctx).to(self.device).eval()
+        dtype = model_dtype(model)
         with torch.no_grad():
-            out = model(torch.as_tensor(x).unsqueeze(0).to(self.device))
-        return sorted(self.task.metric_fn()(out, torch.as_tensor(y).unsqueeze(0).to(
-            self.device)))
+            out = model(to_model(torch.as_tensor(x).unsqueeze(0), self.device, dtype))
+        return sorted(self.task.metric_fn()(out, to_model(torch.as_tensor(y).unsqueeze(0),
+                                                          self.device, dtype)))
 
     def model(self, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
         model = self.task.build_model(self.ctx)
@@ -147,8 +154,17 @@ class NodeRuntime:
             return None
         decision = self.session.reserve_metrics(server_round)
         if not decision.allowed:
-            raise TaskError(decision.message)
+            raise TaskError(self._refusal(decision.message))
         return self._private(decision, self._sums(state, bounded=True))
+
+    def _refusal(self, message: str) -> str:
+        """A ledger refusal with the fix for this node: a virtual node's budget is the run
+        config's (the run plays its operator), and it spans every run in the data dir."""
+        simulated = not (self.node_config.get("node-data-dir") or self.node_config.get(
+            "data-path"))
+        if simulated and OVERSPEND_FIX in message:
+            return message.replace(OVERSPEND_FIX, SIMULATED_FIX)
+        return message
 
     def train(self, state: State, server_round: int, evaluate_first: bool) -> TrainOutcome:
         """Train the global model on the node's data, under DP-SGD when the run asks for it.
@@ -168,7 +184,7 @@ class NodeRuntime:
             if not decision.allowed:
                 return TrainOutcome(None, {"dp-epsilon-spent": decision.spent_before,
                                            "dp-epsilon-budget": decision.budget or 0.0},
-                                    refusal=decision.message)
+                                    refusal=self._refusal(decision.message))
         evaluation = self._sums(state, bounded) if with_eval else None
         if with_eval and session is not None:
             evaluation = self._private(decision, evaluation)
@@ -229,7 +245,7 @@ class NodeRuntime:
             round=server_round, num_records=len(self.data.train),  # type: ignore[arg-type]
             fingerprint=dataset_fingerprint(self.data.train))
         if not decision.allowed:
-            return None, TrainOutcome(None, {}, refusal=decision.message)
+            return None, TrainOutcome(None, {}, refusal=self._refusal(decision.message))
         out = self.train(state, server_round, evaluate_first=False)
         if out.refusal:
             ledger.cancel(decision.reservations[0])  # nothing left the node

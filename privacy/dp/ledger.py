@@ -76,6 +76,9 @@ SCHEMA_ID = "fedguard-privacy-ledger/2"
 LEGACY_SCHEMA_ID = "fedguard-privacy-ledger/1"
 #: What a release is: sample-level DP-SGD, a user-level (whole-update) release, or a noisy
 #: metric release (privacy.dp.metrics).
+#: What a refused node's operator (or the run) can do, appended to an overspend refusal.
+OVERSPEND_FIX = ("; raise the source's budget (fedguard-node budget set --allow-raise) or ask for "
+                 "less (a smaller dp-epsilon, fewer rounds)")
 KINDS: tuple[str, ...] = ("dp-sgd", "user-level", "metrics")
 #: How legacy (schema 1) releases are listed: they count against every source.
 LEGACY_SOURCE = "(before data sources)"
@@ -591,7 +594,8 @@ class PrivacyLedger:
             if after > budget.epsilon:
                 return BudgetDecision(
                     False, before, after, budget.epsilon, budget.delta,
-                    f"node refuses {what}: epsilon would reach {after:.2f} > budget {cap} {where}",
+                    f"node refuses {what}: epsilon would reach {after:.2f} > budget {cap} {where}"
+                    f"{OVERSPEND_FIX}",
                 )
             ts = _now()
             ids = []
