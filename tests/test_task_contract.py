@@ -691,6 +691,21 @@ def test_a_node_running_another_task_version_is_told_so(tmp_path: Path, user_app
     assert msg.endswith("; every node must run the same task version")
 
 
+def test_a_model_that_fails_on_the_nodes_data_is_one_line_at_admission(
+        tmp_path: Path, user_app: Any) -> None:
+    # no schema, so only the model can tell: it takes 7 features, the node has 3
+    key = user_app(GOOD_HEAD + "task = Task(model=lambda: nn.Linear(7, 2), load_data=data)\n")
+    runtime = NodeRuntime(run_config(tmp_path, key), {"partition-id": 0, "num-partitions": 1},
+                          1)
+    assert runtime.check_data() == 8
+    with pytest.raises(TaskError) as exc:
+        runtime.metric_names  # noqa: B018 - what the admission answer computes
+    assert one_line(exc.value) == (
+        "the task's model fails on this node's first training example (features (3,), "
+        "torch.float32): mat1 and mat2 shapes cannot be multiplied (1x3 and 7x2); check the "
+        "features' shape and type against the model")
+
+
 def test_defaults_follow_the_kind() -> None:
     cls = Task(model=nn.Linear, load_data=lambda: _ds())
     reg = Task(model=nn.Linear, load_data=lambda: _ds(), kind="regression")

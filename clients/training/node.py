@@ -105,10 +105,18 @@ class NodeRuntime:
         x, y = self.data.train[0]
         model = self.task.build_model(self.ctx).to(self.device).eval()
         dtype = model_dtype(model)
-        with torch.no_grad():
-            out = model(to_model(torch.as_tensor(x).unsqueeze(0), self.device, dtype))
-        return sorted(self.task.metric_fn()(out, to_model(torch.as_tensor(y).unsqueeze(0),
-                                                          self.device, dtype)))
+        xb = to_model(torch.as_tensor(x).unsqueeze(0), self.device, dtype)
+        try:
+            with torch.no_grad():
+                out = model(xb)
+                names = self.task.metric_fn()(out, to_model(torch.as_tensor(y).unsqueeze(0),
+                                                             self.device, dtype))
+        except Exception as err:  # noqa: BLE001 - the user's model or metrics on this data
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise TaskError(f"the task's model fails on this node's first training example "
+                            f"(features {tuple(xb.shape[1:])}, {xb.dtype}): {first}; check the "
+                            "features' shape and type against the model") from None
+        return sorted(names)
 
     def model(self, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
         model = self.task.build_model(self.ctx)
