@@ -67,7 +67,8 @@ ARTIFACTS = ROOT / "artifacts"
 NOISE_FOR_TIMING = 1.0  # the noise level does not change the cost of a step
 #: Opacus engines fedguard does not expose as dp-grad-mode, measured with Opacus directly.
 OPACUS_ONLY_MODES = ("functorch",)
-SPEED_MODES = ("none", *dp_sgd.GRAD_SAMPLE_MODES, *OPACUS_ONLY_MODES)
+#: "auto" is not an engine of its own (it picks ew or hooks by the model's layers).
+SPEED_MODES = ("none", *(m for m in dp_sgd.GRAD_SAMPLE_MODES if m != "auto"), *OPACUS_ONLY_MODES)
 DEFAULT_THREADS = torch.get_num_threads()
 
 State = dict[str, np.ndarray]

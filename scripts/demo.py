@@ -80,6 +80,8 @@ def report(data_dir: Path, run_id: str) -> bool:
     for ledger_file in sorted((data_dir / "nodes").glob(f"*/{LEDGER_FILE}")):
         ledger = PrivacyLedger(ledger_file, create=False)
         for source in ledger.sources():
+            if source.startswith("run-") and not source.startswith(f"run-{run_id}/"):
+                continue  # an earlier demo's virtual node
             budget = ledger.budget(source)
             if budget is not None:
                 table.add_row(ledger_file.parent.name, source, f"{ledger.spent(source):.3f}",

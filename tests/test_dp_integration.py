@@ -23,7 +23,8 @@ def _ledgers(data_dir):
 
 def test_spend_grows_across_rounds_and_runs_and_overspend_is_refused(tmp_path, capsys) -> None:
     data_dir = tmp_path / "store"
-    status, store = drive(data_dir, 3, DP, run_id=11)
+    # node-privacy-budget: each virtual node has a lifetime budget across the data dir's runs
+    status, store = drive(data_dir, 3, {**DP, "node-privacy-budget": 2.0}, run_id=11)
     run1 = "11"
     assert status == "completed"
     first = rows_by(store.node_results(run1, "train"), "node_id")
@@ -56,8 +57,8 @@ def test_spend_grows_across_rounds_and_runs_and_overspend_is_refused(tmp_path, c
     refusals = store.events(run2, "node-refused")
     assert refusals and all("budget" in e["message"] for e in refusals)
     # a virtual node: the fix is the run config's budget or a fresh data dir, not the CLI
-    assert all(e["message"].endswith("spans every run in this data dir: raise it or use a "
-                                     "fresh --data-dir") for e in refusals)
+    assert all(e["message"].endswith("else dp-epsilon for this run): raise it, or use a fresh "
+                                     "--data-dir") for e in refusals)
     refused_rows = [r for r in store.node_results(run2, "train") if r["status"] == "refused"]
     assert refused_rows and all(r["round"] == 2 for r in refused_rows)
     assert all(r["epsilon"] <= budget for r in refused_rows)
@@ -95,3 +96,20 @@ def test_ledger_cli_errors_are_one_line(tmp_path, capsys) -> None:
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "no privacy ledger" in err and "\n" not in err
+
+
+def test_without_a_lifetime_budget_each_run_has_new_virtual_nodes(tmp_path) -> None:
+    """The default (node-privacy-budget=0): a simulation can be run again in the same data dir,
+    each run's virtual nodes spending their own dp-epsilon, every spend still in the ledger."""
+    data_dir = tmp_path / "store"
+    for rid in (21, 22):
+        status, store = drive(data_dir, 3, DP, run_id=rid)
+        assert status == "completed"
+        assert not store.events(str(rid), "node-refused")
+    for path in _ledgers(data_dir):
+        ledger = PrivacyLedger(path, create=False)
+        part = path.parent.name
+        assert ledger.sources() == [f"run-21/{part}", f"run-22/{part}"]
+        for source in ledger.sources():
+            assert 0 < ledger.spent(source, delta=1e-5) <= 2.0 + 1e-6
+            assert ledger.budget(source).epsilon == 2.0

@@ -88,7 +88,9 @@ class RunConfig:
     dp_eval_noise: float = _key(10.0, "noise multiplier of each DP evaluation release", S_DP,
                                 lo=0.0, lo_open=True)
     node_privacy_budget: float = _key(0.0, "simulation: every virtual node's lifetime epsilon "
-                                      "(0 = dp-epsilon); real nodes set their own", S_DP, lo=0.0)
+                                      "across the data dir's runs (0 = new virtual nodes each "
+                                      "run, budget dp-epsilon); real nodes set their own",
+                                      S_DP, lo=0.0)
     central_dp: bool = _key(False, "user-level DP: nodes clip their whole update and add a "
                             "noise share (needs secagg)", S_UDP)
     central_dp_epsilon: float = _key(8.0, "user-level target epsilon", S_UDP, lo=0.0,

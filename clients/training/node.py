@@ -44,9 +44,10 @@ class TrainOutcome:
     diagnostics: dict[str, float] = field(default_factory=dict)
 
 
-#: A virtual node's overspend fix: its lifetime budget spans the runs sharing a data dir.
-SIMULATED_FIX = ("; a virtual node's lifetime budget is node-privacy-budget (0 = dp-epsilon) and "
-                 "spans every run in this data dir: raise it or use a fresh --data-dir")
+#: A virtual node's overspend fix: the run config sets its budget.
+SIMULATED_FIX = ("; a virtual node's budget is the run config's (node-privacy-budget for a "
+                 "lifetime across the runs in this data dir, else dp-epsilon for this run): "
+                 "raise it, or use a fresh --data-dir")
 
 class RunShared:
     """What all of a run's virtual nodes in one process share: the parsed settings, the app's
@@ -246,10 +247,11 @@ class NodeRuntime:
         )
 
         plan = UserLevelPlan.from_config(config)
+        run_id = fedguard_run_id(self.cfg, self.flower_run_id)
         ledger, source = open_ledger(self.data.train, self.node_config, self.cfg,
-                                     self.run_config)
+                                     self.run_config, run_id)
         decision = reserve_user_level(
-            ledger, plan, source=source, run_id=fedguard_run_id(self.cfg, self.flower_run_id),
+            ledger, plan, source=source, run_id=run_id,
             round=server_round, num_records=len(self.data.train),  # type: ignore[arg-type]
             fingerprint=dataset_fingerprint(self.data.train))
         if not decision.allowed:

@@ -3,9 +3,11 @@
 A real node names its directory (`node-data-dir`) in its node config; its budget lives in its
 ledger, per data source (`data-source`, else the data path), set by the node operator with
 `fedguard-node budget set` (a source without one refuses DP work). A simulated node has no
-directory, so it gets `<data-dir>/nodes/partition-<id>`, data source `partition-<id>`, and the
-run config's `node-privacy-budget` (0 = the run's own dp-epsilon) at the run's dp-delta: in a
-simulation the run config plays the node operator.
+directory, so it gets `<data-dir>/nodes/partition-<id>`, and the run config plays its operator:
+with `node-privacy-budget=0` (the default) each run's virtual nodes are new ones, data source
+`run-<run id>/partition-<id>` with the run's dp-epsilon as budget, so simulations can be re-run;
+with `node-privacy-budget=E` every virtual node has the lifetime budget E on data source
+`partition-<id>`, spent across every run in the data dir, as a real node's would be.
 """
 
 from __future__ import annotations
@@ -40,13 +42,15 @@ def node_home(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> 
     return Path(base).expanduser() / "nodes" / f"partition-{int(pid)}"
 
 
-def data_source(node_config: Mapping[str, Any]) -> str:
-    """The stable identity the node's budget belongs to (survives edits of the file)."""
+def data_source(node_config: Mapping[str, Any], run_id: str = "") -> str:
+    """The stable identity the node's budget belongs to (survives edits of the file). A virtual
+    node without a lifetime budget is a new node in each run (`run_id` given)."""
     if node_config.get("data-source"):
         return str(node_config["data-source"])
     if node_config.get("data-path"):
         return str(Path(str(node_config["data-path"])).expanduser().resolve())
-    return f"partition-{int(node_config.get('partition-id', 0))}"
+    part = f"partition-{int(node_config.get('partition-id', 0))}"
+    return f"run-{run_id}/{part}" if run_id else part
 
 
 def _simulated_budget(ledger: PrivacyLedger, source: str, node_config: Mapping[str, Any],
@@ -79,13 +83,15 @@ def dataset_fingerprint(data: Dataset[Any]) -> str:
 
 
 def open_ledger(data: Dataset[Any], node_config: Mapping[str, Any], cfg: RunConfig,
-                run_config: Mapping[str, Any]) -> tuple[PrivacyLedger, str]:
+                run_config: Mapping[str, Any], run_id: str) -> tuple[PrivacyLedger, str]:
     """The node's ledger and the data source its budget belongs to (simulated nodes get
-    theirs from the run config)."""
+    theirs from the run config: per run, or for life with node-privacy-budget)."""
     home = node_home(node_config, run_config)
     home.mkdir(parents=True, exist_ok=True)
     ledger = PrivacyLedger(home / LEDGER_FILE)
-    source = data_source(node_config)
+    per_run = not cfg.node_privacy_budget and not (
+        node_config.get("node-data-dir") or node_config.get("data-path"))
+    source = data_source(node_config, run_id if per_run else "")
     _simulated_budget(ledger, source, node_config, cfg, len(data))  # type: ignore[arg-type]
     return ledger, source
 
@@ -115,12 +121,13 @@ def open_session(
     dp_cfg = DPSGDConfig(enabled=True, target_epsilon=cfg.dp_epsilon, delta=cfg.dp_delta,
                          max_grad_norm=cfg.dp_max_grad_norm, accountant=cfg.dp_accountant,
                          grad_sample_mode=cfg.dp_grad_mode, secure_mode=cfg.dp_secure_mode)
-    ledger, source = open_ledger(data, node_config, cfg, run_config)
+    run_id = fedguard_run_id(cfg, flower_run_id)
+    ledger, source = open_ledger(data, node_config, cfg, run_config, run_id)
     n = len(data)  # type: ignore[arg-type]
     releases = metric_releases(cfg)
     spec = MetricsSpec(cfg.dp_eval_noise, loss_bound, metric_names) if releases else None
     return DPSGDSession(
-        ledger, dp_cfg, fedguard_run_id(cfg, flower_run_id), source,
+        ledger, dp_cfg, run_id, source,
         dataset_fingerprint(data), num_examples=n, batch_size=cfg.batch_size,
         epochs_per_round=cfg.local_epochs, rounds=cfg.num_server_rounds, metrics=spec,
         metric_releases=releases,
