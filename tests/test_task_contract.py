@@ -318,6 +318,31 @@ def test_float64_data_trains_as_the_models_float32(tmp_path: Path, user_app: Any
         assert mse[-1] < 0.5 * mse[0], mse
 
 
+FLOAT_LABELS_TASK = FLOAT64_TASK.replace(
+    "torch.from_numpy(x @ W))", "torch.from_numpy((x @ W > 0).astype(np.float64)))").replace(
+    'kind="regression"', 'kind="classification"').replace(
+    "nn.Linear(5, 1)", "nn.Linear(5, 2)").replace("TensorSchema((5,))",
+                                                  "TensorSchema((5,), num_classes=2)")
+
+
+def test_whole_float_labels_train_as_classes(tmp_path: Path, user_app: Any) -> None:
+    """Labels read from a numeric table are floats (0.0, 1.0): the default loss takes them as
+    the class indices they are; soft labels ([batch, classes]) stay probabilities."""
+    key = user_app(FLOAT_LABELS_TASK)
+    cfg = run_config(tmp_path, key, num_server_rounds=3, local_epochs=2, lr=0.1, batch_size=16)
+    assert drive_run(AppGrid(NODE_IDS[:3], cfg), cfg, 1, "simulation") == COMPLETED
+    store = RunStore.in_dir(cfg["data-dir"])
+    acc = [m.value for m in store.round_metrics("1")
+           if m.source == "server" and m.name == "accuracy"]
+    assert len(acc) == 3 and acc[-1] >= 0.9, acc  # a linear boundary: learnt
+    loss = Task(model=nn.Linear, load_data=lambda: _ds()).criterion()
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.3]])
+    assert torch.equal(loss(logits, torch.tensor([1.0, 0.0])),
+                       nn.CrossEntropyLoss()(logits, torch.tensor([1, 0])))
+    soft = torch.tensor([[0.2, 0.8], [1.0, 0.0]])
+    assert torch.equal(loss(logits, soft), nn.CrossEntropyLoss()(logits, soft))
+
+
 BATCHNORM_TASK = '''
 from torch import nn
 from torch.utils.data import TensorDataset

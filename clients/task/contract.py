@@ -117,6 +117,18 @@ class TensorSchema:
         return torch.zeros((n, *self.input_shape), dtype=dtype)
 
 
+class LabelCrossEntropyLoss(nn.CrossEntropyLoss):
+    """The default classification loss: cross-entropy that takes class labels stored as whole
+    floats ([batch] of 0.0, 1.0, ... as a table read with numpy gives them; the admission check
+    has made sure they are whole) as the class indices they are. Soft labels ([batch, classes]
+    probabilities) pass through unchanged."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002
+        if target.is_floating_point() and target.dim() == input.dim() - 1:
+            target = target.long()
+        return super().forward(input, target)
+
+
 class ShapedMSELoss(nn.MSELoss):
     """The default regression loss: MSE with the output reshaped to the target's shape when
     they hold as many values ([batch, 1] against [batch]); plain MSELoss would broadcast
@@ -255,7 +267,7 @@ class Task:
     def criterion(self) -> nn.Module:
         if self.loss is not None:
             return self.loss
-        return nn.CrossEntropyLoss() if self.kind == "classification" else ShapedMSELoss()
+        return LabelCrossEntropyLoss() if self.kind == "classification" else ShapedMSELoss()
 
     def metric_fn(self) -> Metrics:
         return self.metrics or _default_metrics(self.kind)
