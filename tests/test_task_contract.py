@@ -716,6 +716,17 @@ def test_a_node_running_another_task_version_is_told_so(tmp_path: Path, user_app
     assert msg.endswith("; every node must run the same task version")
 
 
+@pytest.mark.parametrize(("layer", "drop_in"), [
+    (nn.LSTM(4, 8), "DPLSTM"), (nn.GRU(4, 8), "DPGRU"),
+    (nn.MultiheadAttention(4, 2), "DPMultiheadAttention")])
+def test_a_recurrent_or_attention_layer_is_told_its_opacus_drop_in(layer: nn.Module,
+                                                                   drop_in: str) -> None:
+    with pytest.raises(TaskError) as exc:
+        check_private_model(nn.Sequential(nn.Linear(4, 4), layer))
+    assert one_line(exc.value).endswith(
+        f"; use opacus.layers.{drop_in}, a drop-in with the same arguments")
+
+
 def test_a_model_that_fails_on_the_nodes_data_is_one_line_at_admission(
         tmp_path: Path, user_app: Any) -> None:
     # no schema, so only the model can tell: it takes 7 features, the node has 3

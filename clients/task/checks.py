@@ -80,6 +80,11 @@ def _check_label(y: torch.Tensor, schema: TensorSchema, where: str) -> None:
                         "relabel to the task's classes")
 
 
+#: torch layers Opacus cannot privatise, and its drop-in replacement for each.
+DP_DROP_INS = {"LSTM": "DPLSTM", "GRU": "DPGRU", "RNN": "DPRNN",
+               "MultiheadAttention": "DPMultiheadAttention"}
+
+
 def check_private_model(model: torch.nn.Module) -> None:
     """Refuse, in one line, a model Opacus cannot give per-sample gradients for, naming the
     first unsupported layer and the fix (before round 1, so no node trains a run it can't)."""
@@ -92,8 +97,12 @@ def check_private_model(model: torch.nn.Module) -> None:
         errors = validator(module) if validator else []
         if errors:
             kind = type(module).__name__
-            fix = ("replace it with GroupNorm (opacus ModuleValidator.fix does this)"
-                   if "BatchNorm" in kind else "replace it with a layer Opacus supports")
+            if "BatchNorm" in kind:
+                fix = "replace it with GroupNorm (opacus ModuleValidator.fix does this)"
+            elif kind in DP_DROP_INS:
+                fix = f"use opacus.layers.{DP_DROP_INS[kind]}, a drop-in with the same arguments"
+            else:
+                fix = "replace it with a layer Opacus supports"
             why = str(errors[0]).splitlines()[0].split(". ")[0][:120]
             raise TaskError(f"the task's model cannot be trained with DP-SGD: {kind} at "
                             f"{name or 'the top level'!r} is not supported ({why}); {fix}")
