@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from privacy.compliance.manifest import ManifestError, parse_manifest
-from privacy.compliance.policy import PolicyError, evaluate, load_packs
+from privacy.compliance.policy import DEFAULT_PACKS, PolicyError, evaluate, load_packs
 from privacy.dp.ledger import LedgerError, PrivacyLedger
 from server.store import RunStore, default_data_dir
 from server.store.records import shown_status
@@ -259,7 +259,7 @@ class RunStoreLiveSource:
         if not manifests:
             return []
         try:
-            names = pack or str(config.get("policy-packs") or "baseline")
+            names = pack or str(config.get("policy-packs") or DEFAULT_PACKS)
             packs = load_packs(names, [self.data_dir / "policy-packs"])
             parsed = {str(m["node_id"]): parse_manifest(m["manifest"]) for m in manifests}
             report = evaluate(config, parsed, packs)

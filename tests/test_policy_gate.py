@@ -68,3 +68,26 @@ def test_gate_rejects_bad_config(tmp_path: Path) -> None:
         run_policy_gate({"policy-params": "oops"}, {}, tmp_path)
     with pytest.raises(PolicyError, match="unknown policy pack"):
         run_policy_gate({"policy-packs": "baseline,nope"}, {}, tmp_path)
+
+
+def test_by_default_every_law_applies_where_its_trigger_holds(tmp_path: Path) -> None:
+    """No policy-packs in the run config: a node in China exporting sensitive data to a server in
+    Germany meets the PIPL rules without anyone selecting them; a node in the EEA is judged by
+    the GDPR pack, and neither by the other's law."""
+    config = load_run_config(DATA / "good-run.toml")
+    del config["policy-packs"]
+    good = load_manifest(DATA / "good-manifest.toml").to_dict()
+    cn = {**good, "dataset": {**good["dataset"], "country": "CN"},
+          "transfer": {**good.get("transfer", {}), "mechanism": "none",
+                       "sensitive-people-per-year": 20_000}}
+    report = run_policy_gate(config, {"eu": load_manifest(DATA / "good-manifest.toml"),
+                                      "cn": parse_manifest(cn)}, tmp_path, today=TODAY)
+    assert {p["name"] for p in report.packs} == {"baseline", "gdpr", "pipl", "cn-genai",
+                                                 "eu-ai-act"}
+    assert report.find("P16.cn-export-route", "cn").status == "fail"
+    assert "P16.cn-export-route" in report.failing_nodes["cn"]
+    assert report.find("P16.cn-export-route", "eu").status == "not-applicable"
+    assert "eu" not in report.failing_nodes
+    named = run_policy_gate({**config, "policy-packs": "baseline"}, {"cn": parse_manifest(cn)},
+                            tmp_path, today=TODAY)
+    assert {p["name"] for p in named.packs} == {"baseline"}  # naming packs still narrows

@@ -215,7 +215,7 @@ def _upload(lang: str) -> None:
     manifests = st.file_uploader("Node manifests (TOML)", type=["toml"],
                                  accept_multiple_files=True, key="policy_manifests")
     names = sorted(available_packs(pack_dirs()))
-    default = [n for n in ("baseline", "gdpr") if n in names]
+    default = names  # every pack: each applies only where its law's trigger holds
     packs = st.multiselect("Policy packs", names, default=default, key="policy_packs")
     if st.button("Evaluate", type="primary", key="policy_evaluate"):
         st.session_state.pop(RESULT_KEY, None)

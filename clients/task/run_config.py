@@ -127,7 +127,9 @@ class RunConfig:
                                hi_open=True)
     server_eps: float = _key(1e-3, "adam: tau, bounds the step where the second moment is "
                              "small", S_AGG, lo=0.0, lo_open=True)
-    policy_packs: str = _key("baseline", "comma-separated policy packs, or 'none'", S_POL)
+    policy_packs: str = _key("all", "comma-separated policy packs; 'all' (each pack applies "
+                             "where its law does: a node in China, the EEA, a high-risk or "
+                             "GenAI run), or 'none'", S_POL)
     policy_params: str = _key("", "threshold overrides, e.g. 'baseline.max-epsilon=8'", S_POL)
     purpose: str = _key("research", "research or commercial (licence checks)", S_POL,
                         choices=("research", "commercial"))

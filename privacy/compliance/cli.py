@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from privacy.compliance.audit import AuditError, AuditLog
 from privacy.compliance.manifest import Manifest, ManifestError, load_manifest
 from privacy.compliance.policy import (
+    DEFAULT_PACKS,
     PolicyError,
     RunFacts,
     audit_verdicts,
@@ -101,7 +102,7 @@ def _key_arg(add_argument: Callable[..., argparse.Action], what: str) -> None:
 
 def _pack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--packs", help="comma-separated packs (default: run config policy-packs, "
-                   "else baseline); 'all' for every pack")
+                   "else all: each pack applies where its law does)")
     p.add_argument("--pack-dir", action="append", default=[], type=Path,
                    help="directory of extra .toml packs (repeat)")
 
@@ -137,7 +138,7 @@ def _cmd_check(args: argparse.Namespace, prepare: Prepare | None = None) -> int:
     manifests = _manifests(args.manifest)
     params = {**parse_param_overrides(run.policy_params or ""),
               **parse_param_overrides(args.param)}
-    packs = load_packs(args.packs or run.policy_packs or "baseline", args.pack_dir, params)
+    packs = load_packs(args.packs or run.policy_packs or DEFAULT_PACKS, args.pack_dir, params)
     today = None
     if args.today:
         try:

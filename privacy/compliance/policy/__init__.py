@@ -2,7 +2,7 @@
 
 Typical use by the server (``run_policy_gate`` does exactly this)::
 
-    packs = load_packs(run_config.get("policy-packs", "baseline"), [data_dir / "policy-packs"],
+    packs = load_packs(run_config.get("policy-packs", "all"), [data_dir / "policy-packs"],
                        parse_param_overrides(run_config.get("policy-params", "")))
     report = evaluate(run_config, manifests, packs)
     audit_verdicts(audit_log, report, run_id)
@@ -13,7 +13,7 @@ from privacy.compliance.policy.engine import evaluate
 from privacy.compliance.policy.errors import EvalError, ExprError, PolicyError
 from privacy.compliance.policy.expr import Expr, compile_expr
 from privacy.compliance.policy.facts import RunFacts, load_run_config
-from privacy.compliance.policy.gate import run_policy_gate
+from privacy.compliance.policy.gate import DEFAULT_PACKS, run_policy_gate
 from privacy.compliance.policy.loader import (
     BUILTIN_PACKS,
     Pack,
@@ -26,6 +26,7 @@ from privacy.compliance.policy.report import PolicyReport, Verdict, audit_verdic
 
 __all__ = [
     "BUILTIN_PACKS",
+    "DEFAULT_PACKS",
     "EvalError",
     "Expr",
     "ExprError",

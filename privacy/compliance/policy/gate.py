@@ -22,7 +22,9 @@ from privacy.compliance.policy.report import PolicyReport, audit_verdicts
 
 __all__ = ["DEFAULT_PACKS", "PACK_DIR_NAME", "run_policy_gate"]
 
-DEFAULT_PACKS = "baseline"
+#: Every pack: each one applies only where its trigger holds (pipl for nodes in China,
+#: gdpr in the EEA, eu-ai-act for high-risk or GPAI runs, cn-genai for public GenAI in China).
+DEFAULT_PACKS = "all"
 PACK_DIR_NAME = "policy-packs"
 
 
