@@ -742,6 +742,19 @@ def test_a_model_that_fails_on_the_nodes_data_is_one_line_at_admission(
         "features' shape and type against the model")
 
 
+def test_default_accuracy_reads_a_single_logit_as_a_binary_decision() -> None:
+    """A binary model with one output (trained with BCEWithLogitsLoss): class 1 when the logit
+    is above 0. An arg-max over one column would call every example class 0."""
+    acc = Task(model=nn.Linear, load_data=lambda: _ds()).metric_fn()
+    logits = torch.tensor([[2.0], [-1.0], [0.5], [-3.0]])
+    labels = torch.tensor([1.0, 0.0, 0.0, 0.0])  # float labels, as BCE wants them
+    assert acc(logits, labels)["accuracy"].tolist() == [1.0, 1.0, 0.0, 1.0]
+    assert acc(logits.reshape(4), labels.reshape(4, 1))["accuracy"].tolist() == [
+        1.0, 1.0, 0.0, 1.0]
+    scores = torch.tensor([[0.1, 0.9], [0.8, 0.2]])
+    assert acc(scores, torch.tensor([1, 1]))["accuracy"].tolist() == [1.0, 0.0]
+
+
 def test_defaults_follow_the_kind() -> None:
     cls = Task(model=nn.Linear, load_data=lambda: _ds())
     reg = Task(model=nn.Linear, load_data=lambda: _ds(), kind="regression")

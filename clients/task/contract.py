@@ -140,9 +140,18 @@ class ShapedMSELoss(nn.MSELoss):
         return super().forward(input, target)
 
 
+def predicted_class(out: torch.Tensor) -> torch.Tensor:
+    """Class indices from a batch of outputs: the arg-max of per-class scores, or for one logit
+    per example ([batch] or [batch, 1], a binary model trained with BCEWithLogitsLoss) whether
+    it is above 0 (an arg-max over one column would always say class 0)."""
+    if out.dim() == 1 or out.shape[1] == 1:
+        return (out.reshape(len(out)) > 0).long()
+    return out.argmax(1)
+
+
 def _default_metrics(kind: str) -> Metrics:
     if kind == "classification":
-        return lambda out, y: {"accuracy": (out.argmax(1) == y).float()}
+        return lambda out, y: {"accuracy": (predicted_class(out) == y.reshape(len(y))).float()}
     return lambda out, y: {"mse": (out.reshape(y.shape) - y).pow(2).reshape(len(y), -1).mean(1)}
 
 
