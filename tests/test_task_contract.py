@@ -737,9 +737,21 @@ def test_a_model_that_fails_on_the_nodes_data_is_one_line_at_admission(
     with pytest.raises(TaskError) as exc:
         runtime.metric_names  # noqa: B018 - what the admission answer computes
     assert one_line(exc.value) == (
-        "the task's model fails on this node's first training example (features (3,), "
-        "torch.float32): mat1 and mat2 shapes cannot be multiplied (1x3 and 7x2); check the "
-        "features' shape and type against the model")
+        "the task's model or loss fails on this node's first training example (features (3,), "
+        "torch.float32; target (), torch.int64): mat1 and mat2 shapes cannot be multiplied (1x3 "
+        "and 7x2); check the data's shapes and types against the model and the loss")
+
+
+def test_a_loss_that_does_not_take_the_models_output_is_caught_at_admission(
+        tmp_path: Path, user_app: Any) -> None:
+    # one logit per example against [batch] targets: BCEWithLogitsLoss wants equal shapes
+    key = user_app(GOOD_HEAD + "task = Task(model=lambda: nn.Linear(3, 1), load_data=data, "
+                   "loss=nn.BCEWithLogitsLoss())\n")
+    runtime = NodeRuntime(run_config(tmp_path, key), {"partition-id": 0, "num-partitions": 1},
+                          1)
+    with pytest.raises(TaskError) as exc:
+        runtime.metric_names  # noqa: B018
+    assert "(features (3,), torch.float32; target (), torch.int64): " in one_line(exc.value)
 
 
 def test_default_accuracy_reads_a_single_logit_as_a_binary_decision() -> None:

@@ -107,16 +107,18 @@ class NodeRuntime:
         model = self.task.build_model(self.ctx).to(self.device).eval()
         dtype = model_dtype(model)
         xb = to_model(torch.as_tensor(x).unsqueeze(0), self.device, dtype)
+        yb = to_model(torch.as_tensor(y).unsqueeze(0), self.device, dtype)
         try:
             with torch.no_grad():
                 out = model(xb)
-                names = self.task.metric_fn()(out, to_model(torch.as_tensor(y).unsqueeze(0),
-                                                             self.device, dtype))
-        except Exception as err:  # noqa: BLE001 - the user's model or metrics on this data
+                self.task.criterion()(out, yb)  # the loss takes what the model gives
+                names = self.task.metric_fn()(out, yb)
+        except Exception as err:  # noqa: BLE001 - the user's model, loss or metrics on this data
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise TaskError(f"the task's model fails on this node's first training example "
-                            f"(features {tuple(xb.shape[1:])}, {xb.dtype}): {first}; check the "
-                            "features' shape and type against the model") from None
+            raise TaskError(f"the task's model or loss fails on this node's first training "
+                            f"example (features {tuple(xb.shape[1:])}, {xb.dtype}; target "
+                            f"{tuple(yb.shape[1:])}, {yb.dtype}): {first}; check the data's "
+                            "shapes and types against the model and the loss") from None
         return sorted(names)
 
     def model(self, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
