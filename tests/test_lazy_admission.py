@@ -272,3 +272,13 @@ def test_a_round_passes_over_an_unreached_node_and_takes_it_back_later(
     assert order[0] not in chosen and chosen == sorted(order[1:4])  # the next one stands in
     time.sleep(0.06)
     assert gate.admit(grid, [order[0]]) == {order[0]}  # back after the pause, and admitted
+
+
+def test_no_two_admission_queries_share_an_object() -> None:
+    """A SuperNode keeps objects by content hash across runs and can leave an ended run's
+    objects registered but empty: a query identical to one of an earlier run would hang."""
+    from server.compliance.gate import admission_queries
+
+    first, again = admission_queries([7]), admission_queries([7])
+    ids = {q.content[wire.CONFIG].object_id for q in (*first, *again)}
+    assert len(ids) == 2

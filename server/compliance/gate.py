@@ -11,6 +11,7 @@ final model gets an Ed25519-signed provenance record.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterable, Mapping
 from logging import INFO
@@ -78,9 +79,17 @@ def verdict_records(report: PolicyReport) -> list[VerdictRecord]:
 
 
 def admission_queries(node_ids: Iterable[int]) -> list[Message]:
-    """The admission query: each node answers with its manifest and its data check."""
-    return [Message(content=RecordDict({wire.CONFIG: ConfigRecord({})}), dst_node_id=nid,
-                    message_type=wire.ADMISSION_QUERY) for nid in node_ids]
+    """The admission query: each node answers with its manifest and its data check.
+
+    Each query carries a nonce so no two share an object. A SuperNode's object store keeps
+    objects by content hash across runs, and when it drops a message of a run that has ended
+    (one queued before a SuperLink restart) it leaves that message's objects registered but
+    empty (Flower 1.41). An identical query of the resumed run would then wait for ever for
+    content the node never pulls. This was seen in the crash-recovery test.
+    """
+    return [Message(content=RecordDict({wire.CONFIG: ConfigRecord(
+        {"query": secrets.token_hex(8)})}), dst_node_id=nid,
+        message_type=wire.ADMISSION_QUERY) for nid in node_ids]
 
 
 def read_answer(reply: Message) -> dict[str, Any]:
