@@ -433,6 +433,12 @@ def make_private(
         )
     criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
     mode = resolve_grad_sample_mode(cfg.grad_sample_mode, model)
+    if mode in ("hooks", "ghost"):
+        # Opacus' hooks read the gradients at each layer's output; torch warns on every
+        # backward of a model whose input needs no gradient (token ids, data), which is
+        # exactly how Opacus means them to be used: say nothing.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing",
+                                category=UserWarning)
     if mode == "ew":
         _check_expanded_weights(model)
     with warnings.catch_warnings():
