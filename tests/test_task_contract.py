@@ -742,6 +742,25 @@ def test_a_model_that_fails_on_the_nodes_data_is_one_line_at_admission(
         "and 7x2); check the data's shapes and types against the model and the loss")
 
 
+def test_every_virtual_node_in_one_process_has_its_data_tried(tmp_path: Path,
+                                                               user_app: Any) -> None:
+    """Nodes of one run share a process (a simulation worker) and its probe model, but each
+    node's own first example goes through it: the second node's wider data is caught at
+    admission, not at training."""
+    from clients.training.node import RunShared
+
+    key = user_app(GOOD_HEAD.replace("torch.rand(8, 3)", "torch.rand(8, 3 + ctx.partition_id)")
+                   + "task = Task(model=lambda: nn.Linear(3, 2), load_data=data)\n")
+    cfg = run_config(tmp_path, key)
+    shared = RunShared(cfg)
+    first, second = (NodeRuntime(cfg, {"partition-id": i, "num-partitions": 2}, 1, shared)
+                     for i in range(2))
+    assert first.metric_names == ["accuracy"]
+    with pytest.raises(TaskError) as exc:
+        second.metric_names  # noqa: B018
+    assert "(features (4,), torch.float32; target (), torch.int64): " in one_line(exc.value)
+
+
 def test_a_loss_that_does_not_take_the_models_output_is_caught_at_admission(
         tmp_path: Path, user_app: Any) -> None:
     # one logit per example against [batch] targets: BCEWithLogitsLoss wants equal shapes

@@ -99,12 +99,15 @@ class NodeRuntime:
 
     @cached_property
     def metric_names(self) -> list[str]:
-        """The task's metric names (from one training example; values are discarded)."""
-        return list(self.shared.fact(self.task, "metric-names", self._metric_names))
+        """The task's metric names, from this node's first training example through the model
+        and the loss (values are discarded): every node's data is tried, on one probe model
+        per run and process."""
+        return self._metric_names()
 
     def _metric_names(self) -> list[str]:
         x, y = self.data.train[0]
-        model = self.task.build_model(self.ctx).to(self.device).eval()
+        model = self.shared.fact(self.task, "probe-model", lambda: self.task.build_model(
+            self.ctx).to(self.device).eval())
         dtype = model_dtype(model)
         xb = to_model(torch.as_tensor(x).unsqueeze(0), self.device, dtype)
         yb = to_model(torch.as_tensor(y).unsqueeze(0), self.device, dtype)
