@@ -176,14 +176,14 @@ def _drive(grid: Grid, cfg: RunConfig, run: FederatedRun, gate: AdmissionGate, s
     check: TaskCheck | None = None
     try:
         check = TaskCheck(run, cfg)
+        gate.check_run()
         remaining = cfg.num_server_rounds - run.round_offset
-        try:
-            gate.check_run()
-            if remaining > 0:
+        if remaining > 0:
+            try:
                 gate.open(grid, cfg.node_wait_timeout, check.poll)
-        except GateFailed:
-            check.wait()  # a model Opacus cannot privatise is the first thing to fix
-            raise
+            except GateFailed:
+                check.wait()  # a model Opacus cannot privatise is the first thing to fix
+                raise
         check.wait()
         if remaining > 0:
             sorter = ReplySorter(run)
