@@ -78,35 +78,6 @@ def check_task_for_run(run: FederatedRun, cfg: RunConfig) -> None:
         check_private_model(run.task.build_model(run.ctx))
 
 
-class TaskCheck:
-    """`check_task_for_run` in a thread of its own, so that importing Opacus (2-4 s on this
-    machine's cores) overlaps the nodes' start-up instead of delaying the first admission
-    query. `poll` raises the check's error as soon as it is known, `wait` at the latest
-    before round 1; either way no node trains a model Opacus cannot privatise."""
-
-    def __init__(self, run: FederatedRun, cfg: RunConfig) -> None:
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._check, args=(run, cfg),
-                                        name="fedguard-task-check", daemon=True)
-        self._thread.start()
-
-    def _check(self, run: FederatedRun, cfg: RunConfig) -> None:
-        try:
-            check_task_for_run(run, cfg)
-        except BaseException as err:  # noqa: BLE001 - handed to the driver's thread
-            self._error = err
-
-    def poll(self) -> None:
-        """Raise the check's error if it has finished with one."""
-        if not self._thread.is_alive() and self._error is not None:
-            raise self._error
-
-    def wait(self) -> None:
-        """Block until the check has finished; raise its error if any."""
-        self._thread.join()
-        self.poll()
-
-
 def record_refusal(store: RunStore, run_id: str, config: Mapping[str, Any], rounds: int,
                    reason: str) -> None:
     """A run refused before it started (its task or settings) is still a run in the store,
@@ -173,19 +144,12 @@ def drive_run(grid: Grid, run_config: Mapping[str, Any], flower_run_id: int,
 
 def _drive(grid: Grid, cfg: RunConfig, run: FederatedRun, gate: AdmissionGate, store: RunStore,
            secagg_facts: Mapping[str, Any], data_dir: Path) -> str:
-    check: TaskCheck | None = None
     try:
-        check = TaskCheck(run, cfg)
+        check_task_for_run(run, cfg)
         gate.check_run()
         remaining = cfg.num_server_rounds - run.round_offset
         if remaining > 0:
-            try:
-                gate.open(grid, cfg.node_wait_timeout, check.poll)
-            except GateFailed:
-                check.wait()  # a model Opacus cannot privatise is the first thing to fix
-                raise
-        check.wait()
-        if remaining > 0:
+            gate.open(grid, cfg.node_wait_timeout)
             sorter = ReplySorter(run)
 
             def sample(g: Grid, rnd: int) -> list[int]:

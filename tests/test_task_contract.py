@@ -11,7 +11,6 @@ import itertools
 import re
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -372,26 +371,10 @@ def test_model_opacus_cannot_privatise_is_refused_before_round_1(tmp_path: Path,
                             "'1' is not supported")
     assert "replace it with GroupNorm (opacus ModuleValidator.fix does this)" in error
     assert "\n" not in error
-    # Nodes may have answered the admission query meanwhile (the check runs beside it), but
-    # nobody trained.
-    assert {r["phase"] for r in store.node_results("1")} <= {"admission"}
-    assert store.rounds("1") == []
+    assert store.node_results("1") == [] and store.rounds("1") == []  # nobody trained
     # The same task without DP is a valid task: BatchNorm is only a problem for DP-SGD.
     check_private_model(nn.Sequential(nn.Linear(4, 8), nn.GroupNorm(2, 8)))
 
-
-
-def test_private_model_check_overlaps_the_wait_for_nodes_and_still_blocks_at_once(
-        tmp_path: Path, user_app: Any) -> None:
-    # The Opacus check runs beside the gate's wait for nodes (it imports Opacus, seconds):
-    # with no node ever connecting, the run is still blocked by the model as soon as the check
-    # knows, not by the node wait of 300 s.
-    cfg = run_config(tmp_path, user_app(BATCHNORM_TASK), dp=True, node_wait_timeout=300.0)
-    started = time.monotonic()
-    assert drive_run(AppGrid([], cfg), cfg, 1, "simulation") == BLOCKED
-    assert time.monotonic() - started < 60
-    error = RunStore.in_dir(cfg["data-dir"]).get_run("1")["error"]
-    assert error.startswith("the task's model cannot be trained with DP-SGD: BatchNorm1d")
 
 # --- a node whose data does not fit: excluded, the others go on --------------------------------
 MISMATCH_TASK = '''

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from logging import INFO
 from pathlib import Path
 from typing import Any
@@ -154,18 +154,15 @@ class AdmissionGate:
         self._evaluate({})
         self._write_report()
 
-    def open(self, grid: Grid, wait: float, poll: Callable[[], None] | None = None) -> None:
+    def open(self, grid: Grid, wait: float) -> None:
         """Before round 1: admit connected nodes in round 1's sampling order (so they are the
         ones round 1 samples first), only as many as are still missing, until min-nodes are
         eligible. Blocks the run at once when every connected node has been checked and too
-        few pass, and after `wait` seconds otherwise - never a silent wait. `poll` runs on
-        every pass and may raise (the server's own task check, running meanwhile)."""
+        few pass, and after `wait` seconds otherwise - never a silent wait."""
         deadline = time.monotonic() + wait
         next_log = 0.0
         first = self.run.global_round(1)
         while True:
-            if poll is not None:
-                poll()
             if self._pending:  # a silent node's late answer
                 self.admit(grid, [])
             connected = sorted(grid.get_node_ids())
